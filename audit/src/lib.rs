@@ -1,0 +1,1 @@
+//! Audit events, formats and sinks (see the audit pipeline issue).

@@ -1,0 +1,1 @@
+//! Key providers, envelope encryption and credential lifecycle.

@@ -1,0 +1,257 @@
+//! SQL analysis: parse a statement text once, classify every statement, and produce the
+//! text the proxy forwards. Pure and identity-independent, so results are cached by text.
+
+mod classify;
+mod functions;
+mod settings;
+
+use std::fmt;
+use std::sync::Arc;
+
+use sqlparser::ast::Statement;
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::{Parser, ParserError};
+
+use crate::class::{ClassSet, StatementClass};
+
+/// How deeply the parser may nest (expressions, subqueries, parentheses). Deeper input
+/// is a clean parse error, never a stack overflow; this is sqlparser's default, and far
+/// above what psql, drivers and ORMs send.
+const RECURSION_LIMIT: usize = 50;
+
+/// Longest parser error text passed on to the client.
+const MAX_ERROR_CHARS: usize = 300;
+
+/// One statement text, analysed. Immutable and shared through the cache.
+#[derive(Debug)]
+pub(crate) struct Analysis {
+    pub(crate) outcome: Outcome,
+    /// Estimated memory held by this analysis and its cache key, for the cache budget.
+    pub(crate) weight: usize,
+}
+
+/// What analysis concluded about a text.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Only whitespace, comments and semicolons.
+    Empty,
+    /// Parsed and classified; forward `sql`.
+    Statements {
+        statements: Vec<AnalyzedStatement>,
+        /// The statements re-serialized from their syntax trees, joined by `"; "`.
+        sql: Arc<str>,
+        /// The union of every statement's classes.
+        classes: ClassSet,
+    },
+    /// Not accepted: the reason is safe to show the client (it never holds the text).
+    Refused(Refusal),
+}
+
+/// Why a text was not accepted for analysis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// sqlparser could not parse it; holds the parser's (truncated) error text.
+    Unparsable(String),
+    /// It parsed, but uses a construct the proxy does not forward.
+    Unsupported(&'static str),
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Unparsable(error) => {
+                write!(f, "Portcullis could not parse it ({error})")
+            }
+            Refusal::Unsupported(construct) => {
+                write!(f, "Portcullis does not accept {construct}")
+            }
+        }
+    }
+}
+
+/// One parsed statement with its classification.
+#[derive(Debug)]
+pub(crate) struct AnalyzedStatement {
+    /// The checked syntax tree; the relation-level engine will rewrite it.
+    #[allow(dead_code)] // kept for the rewriting engine; not read by class checks yet
+    pub(crate) ast: Statement,
+    /// What kind of statement it is, for messages (`INSERT`, `CREATE TABLE`, ...).
+    pub(crate) kind: &'static str,
+    /// Its classes, each with the first part of the statement that needs it.
+    pub(crate) effects: Effects,
+}
+
+/// Something in a statement that needs a class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Effect {
+    pub(crate) class: StatementClass,
+    pub(crate) what: What,
+}
+
+impl Effect {
+    pub(crate) const fn new(class: StatementClass, what: What) -> Effect {
+        Effect { class, what }
+    }
+}
+
+/// The part of a statement an [`Effect`] comes from, for denial messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum What {
+    /// A statement (possibly nested) of this kind.
+    Statement(&'static str),
+    /// A call of this built-in function (or function family).
+    Function(&'static str),
+    /// A change of this run-time setting.
+    Setting(&'static str),
+}
+
+impl fmt::Display for What {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            What::Statement(kind) => f.write_str(kind),
+            What::Function(name) => write!(f, "function {name}"),
+            What::Setting(name) => write!(f, "setting {name}"),
+        }
+    }
+}
+
+/// The effects of one statement: the first effect found for each class, in the order
+/// found. (One per class is all a decision needs, and bounds the size no matter how
+/// many function calls a statement holds.)
+#[derive(Debug, Default)]
+pub(crate) struct Effects {
+    list: Vec<Effect>,
+    classes: ClassSet,
+}
+
+impl Effects {
+    pub(crate) fn push(&mut self, effect: Effect) {
+        if !self.classes.contains(effect.class) {
+            self.classes.insert(effect.class);
+            self.list.push(effect);
+        }
+    }
+
+    pub(crate) fn classes(&self) -> ClassSet {
+        self.classes
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Effect> {
+        self.list.iter()
+    }
+}
+
+/// Parses `sql` as PostgreSQL with the recursion limit.
+pub(crate) fn parse(sql: &str) -> Result<Vec<Statement>, ParserError> {
+    Parser::new(&PostgreSqlDialect {})
+        .with_recursion_limit(RECURSION_LIMIT)
+        .try_with_sql(sql)?
+        .parse_statements()
+}
+
+/// Analyses one statement text. Never panics, whatever the input.
+pub(crate) fn analyze(sql: &str) -> Analysis {
+    let outcome = outcome(sql);
+    let weight = weight(sql, &outcome);
+    Analysis { outcome, weight }
+}
+
+fn outcome(sql: &str) -> Outcome {
+    let statements = match parse(sql) {
+        Ok(statements) => statements,
+        Err(error) => return Outcome::Refused(Refusal::Unparsable(client_safe(&error))),
+    };
+    if statements.is_empty() {
+        return Outcome::Empty;
+    }
+
+    let mut analyzed = Vec::with_capacity(statements.len());
+    let mut classes = ClassSet::EMPTY;
+    for statement in statements {
+        let classified = match classify::classify(&statement) {
+            Ok(classified) => classified,
+            Err(unsupported) => return Outcome::Refused(Refusal::Unsupported(unsupported.0)),
+        };
+        classes = classes.union(classified.effects.classes());
+        analyzed.push(AnalyzedStatement {
+            ast: statement,
+            kind: classified.kind,
+            effects: classified.effects,
+        });
+    }
+
+    let text = serialize(&analyzed);
+    // The forwarded text must mean what was checked. If sqlparser's own reading of its
+    // output differs from the tree that was checked, its printer lost or changed
+    // something: refuse rather than forward a statement nobody analysed.
+    let faithful = parse(&text).is_ok_and(|reparsed| {
+        reparsed.len() == analyzed.len()
+            && reparsed
+                .iter()
+                .zip(&analyzed)
+                .all(|(again, checked)| *again == checked.ast)
+    });
+    if !faithful {
+        return Outcome::Refused(Refusal::Unsupported(
+            "this statement: its re-serialized form does not parse back to the same statement",
+        ));
+    }
+
+    Outcome::Statements {
+        statements: analyzed,
+        sql: Arc::from(text),
+        classes,
+    }
+}
+
+/// The statements as the proxy forwards them.
+fn serialize(statements: &[AnalyzedStatement]) -> String {
+    let mut text = String::new();
+    for (index, statement) in statements.iter().enumerate() {
+        if index > 0 {
+            text.push_str("; ");
+        }
+        text.push_str(&statement.ast.to_string());
+    }
+    text
+}
+
+/// The parser's error text, bounded and without control characters (it is sent to the
+/// client in an ErrorResponse, whose fields are NUL-terminated).
+fn client_safe(error: &ParserError) -> String {
+    let full = error.to_string();
+    let mut safe = String::with_capacity(full.len().min(MAX_ERROR_CHARS + 3));
+    for (count, ch) in full.chars().enumerate() {
+        if count == MAX_ERROR_CHARS {
+            safe.push_str("...");
+            break;
+        }
+        safe.push(if ch.is_control() { ' ' } else { ch });
+    }
+    safe
+}
+
+/// Estimated bytes held by a cache entry for `sql`: the key, the forwarded text and the
+/// syntax trees (estimated from the text length; a tree is a few times its text).
+fn weight(sql: &str, outcome: &Outcome) -> usize {
+    const ENTRY_OVERHEAD: usize = 256;
+    const TREE_BYTES_PER_TEXT_BYTE: usize = 8;
+    let held = match outcome {
+        Outcome::Empty => 0,
+        Outcome::Refused(Refusal::Unparsable(error)) => error.len(),
+        Outcome::Refused(Refusal::Unsupported(_)) => 0,
+        Outcome::Statements { sql: forwarded, .. } => forwarded
+            .len()
+            .saturating_add(sql.len().saturating_mul(TREE_BYTES_PER_TEXT_BYTE)),
+    };
+    ENTRY_OVERHEAD
+        .saturating_add(sql.len())
+        .saturating_add(held)
+}
+
+#[cfg(test)]
+mod tests;

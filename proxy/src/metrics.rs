@@ -1,0 +1,168 @@
+//! Prometheus metrics and the HTTP endpoint that serves them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Label set with a single `outcome` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    /// What happened.
+    pub outcome: &'static str,
+}
+
+/// Label set with a single `kind` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Kind {
+    /// Which kind.
+    pub kind: &'static str,
+}
+
+/// All metrics the proxy exports.
+pub struct Metrics {
+    /// Client connections accepted, by how they ended the handshake.
+    pub connections: Family<Outcome, Counter>,
+    /// Sessions currently open.
+    pub active_sessions: Gauge,
+    /// Statements by decision: allowed, denied, parse_error, passthrough, too_large.
+    pub statements: Family<Outcome, Counter>,
+    /// Time from a query (or Sync) leaving the proxy to ReadyForQuery coming back.
+    pub statement_duration: Histogram,
+    /// Upstream failures by kind: connect, auth, refused, protocol, io.
+    pub upstream_errors: Family<Kind, Counter>,
+    /// Client authentication failures by reason.
+    pub auth_failures: Family<Kind, Counter>,
+    /// Parse-cache hits since start (set from the engine at each scrape).
+    pub parse_cache_hits: Gauge,
+    /// Parse-cache misses since start (set from the engine at each scrape).
+    pub parse_cache_misses: Gauge,
+    /// Reloads by outcome.
+    pub reloads: Family<Outcome, Counter>,
+    registry: Registry,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("portcullis");
+        let connections = Family::<Outcome, Counter>::default();
+        let active_sessions = Gauge::default();
+        let statements = Family::<Outcome, Counter>::default();
+        let statement_duration = Histogram::new(exponential_buckets(0.000_05, 2.0, 20));
+        let upstream_errors = Family::<Kind, Counter>::default();
+        let auth_failures = Family::<Kind, Counter>::default();
+        let parse_cache_hits = Gauge::default();
+        let parse_cache_misses = Gauge::default();
+        let reloads = Family::<Outcome, Counter>::default();
+        registry.register("connections", "Client connections by handshake outcome", connections.clone());
+        registry.register("active_sessions", "Client sessions currently open", active_sessions.clone());
+        registry.register("statements", "Statements by policy decision", statements.clone());
+        registry.register(
+            "statement_duration_seconds",
+            "Time from forwarding a query or Sync to ReadyForQuery",
+            statement_duration.clone(),
+        );
+        registry.register("upstream_errors", "Upstream failures by kind", upstream_errors.clone());
+        registry.register("auth_failures", "Client authentication failures by reason", auth_failures.clone());
+        registry.register("parse_cache_hits", "Statements found in the parse cache", parse_cache_hits.clone());
+        registry.register("parse_cache_misses", "Statements parsed afresh", parse_cache_misses.clone());
+        registry.register("reloads", "Configuration reloads by outcome", reloads.clone());
+        Self {
+            connections,
+            active_sessions,
+            statements,
+            statement_duration,
+            upstream_errors,
+            auth_failures,
+            parse_cache_hits,
+            parse_cache_misses,
+            reloads,
+            registry,
+        }
+    }
+
+    /// Counts a statement decision.
+    pub fn statement(&self, outcome: &'static str) {
+        self.statements.get_or_create(&Outcome { outcome }).inc();
+    }
+
+    /// Counts an upstream failure.
+    pub fn upstream_error(&self, kind: &'static str) {
+        self.upstream_errors.get_or_create(&Kind { kind }).inc();
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            tracing::error!("could not encode metrics");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Serves `GET /metrics` until `shutdown` fires. Other paths get 404.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    refresh: impl Fn() + Send + Sync + 'static,
+    shutdown: CancellationToken,
+) {
+    let refresh = Arc::new(refresh);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = shutdown.cancelled() => return,
+        };
+        let Ok((tcp, _)) = accepted else { continue };
+        let metrics = Arc::clone(&metrics);
+        let refresh = Arc::clone(&refresh);
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let metrics = Arc::clone(&metrics);
+                let refresh = Arc::clone(&refresh);
+                async move {
+                    let response = if req.uri().path() == "/metrics" {
+                        refresh();
+                        Response::builder()
+                            .header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
+                            .body(Full::new(Bytes::from(metrics.render())))
+                    } else {
+                        Response::builder()
+                            .status(StatusCode::NOT_FOUND)
+                            .body(Full::new(Bytes::from_static(b"not found\n")))
+                    };
+                    response
+                }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
+
+/// Binds the metrics listener.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}

@@ -1,0 +1,268 @@
+//! The listener: accepts clients, runs a session task for each, reloads on SIGHUP and
+//! shuts down gracefully.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use portcullis_policy::{Engine, Policy};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::auth::store::UserStore;
+use crate::cancel::CancelRegistry;
+use crate::config::{Config, LimitsConfig};
+use crate::metrics::{Metrics, Outcome};
+use crate::pg::PgError;
+use crate::pg::error::sqlstate;
+use crate::tls::ReloadableTls;
+use crate::upstream::Connector;
+
+/// Everything sessions share. Immutable except through atomic swaps.
+pub struct Shared {
+    /// Client TLS, if configured.
+    pub tls: Option<ReloadableTls>,
+    /// Refuse plaintext clients.
+    pub require_tls: bool,
+    /// The proxy's users; swapped on reload.
+    pub users: ArcSwap<UserStore>,
+    /// The statement policy in force; swapped on reload.
+    pub policy: ArcSwap<Policy>,
+    /// Parser, classifier and parse cache.
+    pub engine: Engine,
+    /// Opens upstream sessions.
+    pub connector: Arc<Connector>,
+    /// Live sessions for CancelRequest routing.
+    pub cancels: CancelRegistry,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Size and time limits.
+    pub limits: LimitsConfig,
+    /// Fires on SIGTERM: sessions leave at their next idle point.
+    pub drain: CancellationToken,
+    /// Fires when the grace period is over: sessions end now.
+    pub kill: CancellationToken,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Configuration problem.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// TLS material problem.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// User store problem.
+    #[error(transparent)]
+    Users(#[from] crate::auth::store::StoreError),
+    /// Policy problem.
+    #[error("policy: {0}")]
+    Policy(String),
+    /// Could not bind a listener.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A bound, not yet running proxy.
+pub struct Server {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    max_connections: usize,
+    config_path: Option<PathBuf>,
+    users_file: PathBuf,
+}
+
+impl Server {
+    /// Builds everything from `config` and binds the listeners. `config_path` is
+    /// re-read on SIGHUP for the policy section.
+    pub async fn bind(config: Config, config_path: Option<PathBuf>) -> Result<Self, ServerError> {
+        let tls = config.tls.clone().map(ReloadableTls::new).transpose()?;
+        let users = UserStore::load(&config.auth.users_file)?;
+        let policy = Policy::compile(&config.policy).map_err(|e| ServerError::Policy(e.to_string()))?;
+        let engine = Engine::new(config.policy.cache_entries);
+        let connector = Arc::new(Connector::new(&config.upstream)?);
+        let listener = TcpListener::bind(config.listen.address)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: config.listen.address,
+                source,
+            })?;
+        let metrics_listener = match &config.metrics {
+            Some(m) => Some(TcpListener::bind(m.address).await.map_err(|source| ServerError::Bind {
+                addr: m.address,
+                source,
+            })?),
+            None => None,
+        };
+        let shared = Arc::new(Shared {
+            tls,
+            require_tls: config.listen.require_tls,
+            users: ArcSwap::from_pointee(users),
+            policy: ArcSwap::from_pointee(policy),
+            engine,
+            connector,
+            cancels: CancelRegistry::default(),
+            metrics: Arc::new(Metrics::new()),
+            limits: config.limits,
+            drain: CancellationToken::new(),
+            kill: CancellationToken::new(),
+        });
+        Ok(Self {
+            shared,
+            listener,
+            metrics_listener,
+            max_connections: config.listen.max_connections,
+            config_path,
+            users_file: config.auth.users_file,
+        })
+    }
+
+    /// The address clients connect to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The metrics endpoint's address, if enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Shared state, for tests and embedding.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Re-reads TLS material, the user store and the policy; each part that fails to
+    /// load keeps its previous version.
+    pub fn reload(&self) {
+        let shared = &self.shared;
+        let mut ok = true;
+        if let Some(tls) = &shared.tls {
+            if let Err(e) = tls.reload() {
+                ok = false;
+                error!(error = %e, "TLS reload failed; keeping the previous certificate");
+            }
+        }
+        match UserStore::load(&self.users_file) {
+            Ok(users) => shared.users.store(Arc::new(users)),
+            Err(e) => {
+                ok = false;
+                error!(error = %e, "user store reload failed; keeping the previous one");
+            }
+        }
+        if let Some(path) = &self.config_path {
+            match Config::load(path).map_err(|e| e.to_string()).and_then(|c| {
+                Policy::compile(&c.policy).map_err(|e| format!("{}: policy: {e}", path.display()))
+            }) {
+                Ok(policy) => {
+                    info!(version = policy.version(), "policy reloaded");
+                    shared.policy.store(Arc::new(policy));
+                }
+                Err(e) => {
+                    ok = false;
+                    error!(error = %e, "policy reload failed; keeping the previous policy");
+                }
+            }
+        }
+        let outcome = if ok { "ok" } else { "failed" };
+        shared.metrics.reloads.get_or_create(&Outcome { outcome }).inc();
+        info!(outcome, "reload finished");
+    }
+
+    /// Accepts clients until `shutdown` fires, then drains: no new connections,
+    /// running sessions finish their statement, and after the grace period the rest
+    /// are cut.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let tracker = TaskTracker::new();
+        let limiter = Arc::new(Semaphore::new(self.max_connections));
+        let metrics_stop = CancellationToken::new();
+        if let Some(listener) = self.metrics_listener.take() {
+            let shared = Arc::clone(&self.shared);
+            let metrics = Arc::clone(&self.shared.metrics);
+            tracker.spawn(crate::metrics::serve(
+                listener,
+                metrics,
+                move || {
+                    let (hits, misses) = shared.engine.cache_stats();
+                    shared.metrics.parse_cache_hits.set(i64::try_from(hits).unwrap_or(i64::MAX));
+                    shared.metrics.parse_cache_misses.set(i64::try_from(misses).unwrap_or(i64::MAX));
+                },
+                metrics_stop.clone(),
+            ));
+        }
+        let mut hangup = signal(tokio::signal::unix::SignalKind::hangup());
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((tcp, peer)) => self.admit(&tracker, &limiter, tcp, peer),
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(()) = recv(&mut hangup) => {
+                    info!("SIGHUP: reloading");
+                    self.reload();
+                }
+                () = shutdown.cancelled() => break,
+            }
+        }
+        drop(self.listener);
+        let grace = Duration::from_secs(self.shared.limits.shutdown_grace_secs);
+        info!(sessions = self.shared.metrics.active_sessions.get(), ?grace, "shutting down: draining sessions");
+        self.shared.drain.cancel();
+        metrics_stop.cancel();
+        tracker.close();
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            warn!("grace period over: closing remaining sessions");
+            self.shared.kill.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+        }
+        info!("shutdown complete");
+    }
+
+    fn admit(&self, tracker: &TaskTracker, limiter: &Arc<Semaphore>, tcp: TcpStream, peer: SocketAddr) {
+        let Ok(permit) = Arc::clone(limiter).try_acquire_owned() else {
+            self.shared.metrics.connections.get_or_create(&Outcome { outcome: "rejected" }).inc();
+            tracker.spawn(refuse_overload(tcp));
+            return;
+        };
+        self.shared.metrics.connections.get_or_create(&Outcome { outcome: "accepted" }).inc();
+        let shared = Arc::clone(&self.shared);
+        tracker.spawn(async move {
+            crate::session::run(shared, tcp, peer).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Tells an over-limit client why, without reading its startup packet.
+async fn refuse_overload(mut tcp: TcpStream) {
+    let e = PgError::fatal(sqlstate::TOO_MANY_CONNECTIONS, "sorry, too many clients already");
+    let _ = tokio::time::timeout(Duration::from_secs(2), tcp.write_all(&e.to_bytes())).await;
+}
+
+fn signal(kind: tokio::signal::unix::SignalKind) -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(kind).ok()
+}
+
+async fn recv(sig: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match sig {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}

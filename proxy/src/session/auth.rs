@@ -1,0 +1,161 @@
+//! The SASL exchange with the client: SCRAM-SHA-256, or SCRAM-SHA-256-PLUS bound to
+//! the proxy's own certificate. No upstream connection exists until it succeeds.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use bytes::{Bytes, BytesMut};
+use pgwire::messages::startup::{Authentication, PasswordMessageFamily};
+use pgwire::messages::{DecodeContext, Message, ProtocolVersion};
+use portcullis_policy::Identity;
+use time::OffsetDateTime;
+use tokio::io::AsyncWriteExt;
+use tracing::warn;
+
+use super::SessionError;
+use super::handshake::TlsInfo;
+use crate::auth::scram::{ScramError, ScramServer, try_tls_server_end_point};
+use crate::metrics::Kind;
+use crate::pg::error::sqlstate;
+use crate::pg::startup::StartupParams;
+use crate::pg::{Framer, PgError};
+use crate::server::Shared;
+use crate::stream::Stream;
+
+/// SASL messages are small; anything bigger is an attack or a bug.
+const MAX_SASL_MESSAGE: usize = 16 * 1024;
+
+/// A client whose password the proxy has verified.
+pub struct Authenticated {
+    /// Who the policy sees.
+    pub identity: Identity,
+    /// The upstream role to log in as.
+    pub upstream_user: Option<String>,
+}
+
+/// Authenticates the client named in `params`.
+pub async fn authenticate(
+    shared: &Shared,
+    client: &mut Stream,
+    params: &StartupParams,
+    tls: Option<&TlsInfo>,
+    peer: SocketAddr,
+) -> Result<Authenticated, SessionError> {
+    let user = params
+        .params
+        .get("user")
+        .filter(|u| !u.is_empty())
+        .cloned()
+        .ok_or_else(|| {
+            SessionError::Client(PgError::fatal(
+                sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                "no PostgreSQL user name specified in startup packet",
+            ))
+        })?;
+    let store = shared.users.load();
+    let record = store.get(&user).cloned();
+    let binding = tls.and_then(|t| try_tls_server_end_point(&t.server_cert));
+    let mut scram = ScramServer::new(&user, record.as_ref().map(|r| r.verifier.clone()), binding);
+
+    let failed = |reason: &'static str, detail: String| {
+        shared.metrics.auth_failures.get_or_create(&Kind { kind: reason }).inc();
+        warn!(%user, %peer, reason, detail = %detail, "authentication failed");
+        SessionError::Client(PgError::fatal(
+            sqlstate::INVALID_PASSWORD,
+            format!("password authentication failed for user \"{user}\""),
+        ))
+    };
+    let scram_failed = |e: ScramError| {
+        if e.sqlstate() == sqlstate::INVALID_PASSWORD {
+            let reason = if record.is_none() { "unknown_user" } else { "wrong_password" };
+            failed(reason, e.to_string())
+        } else {
+            shared.metrics.auth_failures.get_or_create(&Kind { kind: "protocol" }).inc();
+            warn!(%user, %peer, error = %e, "SASL exchange failed");
+            SessionError::Client(PgError::fatal(e.sqlstate(), format!("portcullis: {e}")))
+        }
+    };
+
+    let mut framer = Framer::new(MAX_SASL_MESSAGE);
+    send(client, Authentication::SASL(scram.mechanisms().iter().map(|m| (*m).to_owned()).collect())).await?;
+
+    let initial = read_password_message(client, &mut framer)
+        .await?
+        .into_sasl_initial_response()
+        .map_err(|e| protocol(format!("expected SASLInitialResponse: {e}")))?;
+    let data = initial.data.unwrap_or_default();
+    let server_first = scram.client_first(&initial.auth_method, &data).map_err(scram_failed)?;
+    send(client, Authentication::SASLContinue(Bytes::from(server_first))).await?;
+
+    let response = read_password_message(client, &mut framer)
+        .await?
+        .into_sasl_response()
+        .map_err(|e| protocol(format!("expected SASLResponse: {e}")))?;
+    let server_final = scram.client_final(&response.data).map_err(scram_failed)?;
+
+    // The password was right; only now may the client learn about the account's state.
+    let record = record.ok_or_else(|| failed("unknown_user", "no record".into()))?;
+    if record.is_expired(OffsetDateTime::now_utc()) {
+        shared.metrics.auth_failures.get_or_create(&Kind { kind: "expired" }).inc();
+        warn!(%user, %peer, "login refused: account expired");
+        return Err(SessionError::Client(PgError::fatal(
+            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            format!("portcullis: account \"{user}\" has expired"),
+        )));
+    }
+    let mut out = BytesMut::new();
+    encode(&Authentication::SASLFinal(Bytes::from(server_final)), &mut out)?;
+    encode(&Authentication::Ok, &mut out)?;
+    client.write_all(&out).await?;
+
+    let mut attributes: BTreeMap<String, String> = record.attributes.clone();
+    attributes.insert("client_addr".into(), peer.ip().to_string());
+    if let Some(app) = params.params.get("application_name") {
+        attributes.insert("application_name".into(), app.clone());
+    }
+    if let Some(subject) = tls.and_then(|t| t.client_subject.clone()) {
+        attributes.insert("cert_subject".into(), subject);
+    }
+    Ok(Authenticated {
+        identity: Identity {
+            user: record.name.clone(),
+            roles: record.roles.clone(),
+            attributes,
+        },
+        upstream_user: record.upstream_user.clone(),
+    })
+}
+
+fn protocol(message: String) -> SessionError {
+    SessionError::Client(PgError::fatal(sqlstate::PROTOCOL_VIOLATION, message))
+}
+
+fn encode(auth: &Authentication, out: &mut BytesMut) -> Result<(), SessionError> {
+    auth.encode(out)
+        .map_err(|e| SessionError::Silent(format!("could not encode authentication message: {e}")))
+}
+
+async fn send(client: &mut Stream, auth: Authentication) -> Result<(), SessionError> {
+    let mut out = BytesMut::new();
+    encode(&auth, &mut out)?;
+    client.write_all(&out).await?;
+    client.flush().await?;
+    Ok(())
+}
+
+async fn read_password_message(client: &mut Stream, framer: &mut Framer) -> Result<PasswordMessageFamily, SessionError> {
+    let msg = framer
+        .next(client)
+        .await?
+        .ok_or_else(|| SessionError::Silent("client left during authentication".into()))?;
+    if msg.tag != b'p' {
+        return Err(protocol(format!(
+            "expected a password message, got message type {:?}",
+            char::from(msg.tag)
+        )));
+    }
+    let mut raw = msg.raw;
+    PasswordMessageFamily::decode(&mut raw, &DecodeContext::new(ProtocolVersion::PROTOCOL3_0))
+        .map_err(|e| protocol(format!("invalid password message: {e}")))?
+        .ok_or_else(|| protocol("truncated password message".into()))
+}

@@ -1,0 +1,453 @@
+//! The relay: client messages go through the policy hook on their way up, server
+//! messages stream back down.
+//!
+//! Two loops run concurrently in the session's task (a pipelining client must be able
+//! to send while results come back). Statements (Query, Parse) are decided by the
+//! policy engine and forwarded as re-serialized SQL; everything else passes through
+//! as raw bytes.
+//!
+//! A denied statement is not simply dropped: the server must see *something* there so
+//! that its state machine stays exactly as PostgreSQL would have it (an error aborts
+//! the implicit transaction of the batch, and the server skips to the next Sync). So the
+//! proxy forwards a statement that fails to parse, containing a per-session random
+//! marker, and replaces the server's syntax error carrying that marker with its own
+//! denial. Batches are counted (one per Query, Sync or FunctionCall, each answered by
+//! one ReadyForQuery), so a replacement can only apply inside its own batch.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use parking_lot::Mutex;
+use pgwire::messages::extendedquery::Parse;
+use pgwire::messages::simplequery::Query;
+use pgwire::messages::{DecodeContext, Message, ProtocolVersion};
+use portcullis_policy::{Decision, Identity};
+use rand::RngExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tracing::{info, warn};
+
+use super::SessionError;
+use super::auth::Authenticated;
+use crate::pg::error::sqlstate;
+use crate::pg::scan::{BackendScanner, Piece};
+use crate::pg::{Framer, PgError, RawMessage};
+use crate::server::Shared;
+use crate::stream::Stream;
+use crate::upstream::Upstream;
+
+/// Denials waiting for their poison error; a client that pipelines more than this
+/// many denied statements without reading is cut off.
+const MAX_PENDING_DENIALS: usize = 1024;
+/// Batches in flight tracked for latency; beyond this, timings are dropped (not the data).
+const MAX_TRACKED_BATCHES: usize = 4096;
+/// Read size from the server.
+const UPSTREAM_READ: usize = 64 * 1024;
+
+/// Why the relay stopped.
+enum End {
+    /// The client said Terminate or closed between messages.
+    ClientDone,
+    /// The server closed the connection.
+    ServerClosed,
+    /// Graceful shutdown reached an idle point.
+    Drained,
+}
+
+/// A denial waiting for the server's poison error.
+struct PendingDenial {
+    batch: u64,
+    error: BytesMut,
+}
+
+/// State shared by the two directions.
+#[derive(Default)]
+struct Inflight {
+    /// Batches ended by the client side (Query, Sync, FunctionCall).
+    batches_sent: u64,
+    /// ReadyForQuery messages seen from the server.
+    batches_done: u64,
+    /// Whether messages were sent since the last batch end.
+    open_batch: bool,
+    /// Start time of the open batch.
+    open_since: Option<Instant>,
+    /// Start times of ended batches awaiting ReadyForQuery.
+    started: VecDeque<Instant>,
+    denials: VecDeque<PendingDenial>,
+    /// Transaction status of the last ReadyForQuery.
+    status: u8,
+    draining: bool,
+}
+
+impl Inflight {
+    fn idle(&self) -> bool {
+        self.batches_sent == self.batches_done && !self.open_batch && self.status == b'I'
+    }
+}
+
+/// Relays between `client` and `upstream` until one side ends.
+pub async fn relay(
+    shared: &Arc<Shared>,
+    client: &mut Stream,
+    upstream: Upstream,
+    auth: &Authenticated,
+) -> Result<(), SessionError> {
+    let Upstream { stream: upstream_stream, leftover, .. } = upstream;
+    let marker = format!("portcullis_denied_{:016x}", rand::rng().random::<u64>());
+    let state = Mutex::new(Inflight {
+        status: b'I',
+        ..Inflight::default()
+    });
+    let (mut client_rd, mut client_wr) = tokio::io::split(client);
+    let (mut up_rd, mut up_wr) = tokio::io::split(upstream_stream);
+
+    let mut front = Frontend {
+        shared,
+        identity: &auth.identity,
+        state: &state,
+        marker: &marker,
+        framer: Framer::new(shared.limits.max_message_bytes),
+        out: BytesMut::with_capacity(16 * 1024),
+    };
+    let mut back = Backend {
+        shared,
+        state: &state,
+        marker: marker.as_bytes(),
+        scanner: BackendScanner::default(),
+        buf: leftover,
+        out: BytesMut::with_capacity(UPSTREAM_READ),
+        pieces: Vec::new(),
+    };
+    let end = tokio::select! {
+        r = front.run(&mut client_rd, &mut up_wr) => r,
+        r = back.run(&mut up_rd, &mut client_wr) => r,
+        () = shared.kill.cancelled() => Ok(End::Drained),
+    };
+    // Whatever happened, the upstream session ends with the client's.
+    let _ = up_wr.write_all(&[b'X', 0, 0, 0, 4]).await;
+    let _ = up_wr.shutdown().await;
+    let client = client_rd.unsplit(client_wr);
+    match end {
+        Ok(End::ClientDone) => Ok(()),
+        Ok(End::Drained) => {
+            let e = PgError::fatal(sqlstate::ADMIN_SHUTDOWN, "terminating connection due to administrator command");
+            let _ = client.write_all(&e.to_bytes()).await;
+            Ok(())
+        }
+        Ok(End::ServerClosed) => {
+            info!("upstream closed the connection");
+            Err(SessionError::Client(PgError::fatal(
+                sqlstate::CONNECTION_FAILURE,
+                "portcullis: the database server closed the connection",
+            )))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+struct Frontend<'a> {
+    shared: &'a Shared,
+    identity: &'a Identity,
+    state: &'a Mutex<Inflight>,
+    marker: &'a str,
+    framer: Framer,
+    out: BytesMut,
+}
+
+impl Frontend<'_> {
+    async fn run<R, W>(&mut self, client: &mut R, upstream: &mut W) -> Result<End, SessionError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut drain_seen = false;
+        loop {
+            let next = tokio::select! {
+                m = self.framer.next(client) => m?,
+                () = self.shared.drain.cancelled(), if !drain_seen => {
+                    drain_seen = true;
+                    let mut st = self.state.lock();
+                    st.draining = true;
+                    if st.idle() {
+                        return Ok(End::Drained);
+                    }
+                    continue;
+                }
+            };
+            let Some(msg) = next else { return Ok(End::ClientDone) };
+            if self.handle(msg)? {
+                upstream.write_all(&self.out).await?;
+                return Ok(End::ClientDone);
+            }
+            while let Some(msg) = self.framer.try_next()? {
+                if self.handle(msg)? {
+                    upstream.write_all(&self.out).await?;
+                    return Ok(End::ClientDone);
+                }
+            }
+            upstream.write_all(&self.out).await?;
+            upstream.flush().await?;
+            self.out.clear();
+        }
+    }
+
+    /// Handles one client message; `true` when it was Terminate.
+    fn handle(&mut self, msg: RawMessage) -> Result<bool, SessionError> {
+        match msg.tag {
+            b'Q' => {
+                self.begin();
+                let sql = decode_query(msg.raw)?;
+                match self.decide(&sql) {
+                    Ok(forward) => encode(&Query::new(forward), &mut self.out)?,
+                    Err(denial) => {
+                        let poison = Query::new(self.marker.to_owned());
+                        self.deny(denial, |out| encode(&poison, out))?;
+                    }
+                }
+                self.end_batch();
+            }
+            b'P' => {
+                self.begin();
+                let parse = decode_parse(msg.raw)?;
+                match self.decide(&parse.query) {
+                    Ok(forward) => {
+                        encode(&Parse::new(parse.name, forward, parse.type_oids), &mut self.out)?;
+                    }
+                    Err(denial) => {
+                        let poison = Parse::new(parse.name, self.marker.to_owned(), Vec::new());
+                        self.deny(denial, |out| encode(&poison, out))?;
+                    }
+                }
+            }
+            b'S' => {
+                self.begin();
+                self.out.extend_from_slice(&msg.raw);
+                self.end_batch();
+            }
+            b'F' => {
+                // Fast-path function calls bypass SQL entirely (lo_export, pg_read_file):
+                // refused, answered like a failed statement.
+                self.begin();
+                let denial = PgError::error(
+                    sqlstate::INSUFFICIENT_PRIVILEGE,
+                    "portcullis: fast-path function calls are not allowed",
+                );
+                self.shared.metrics.statement("denied");
+                let poison = Query::new(self.marker.to_owned());
+                self.deny(denial, |out| encode(&poison, out))?;
+                self.end_batch();
+            }
+            b'X' => {
+                self.out.extend_from_slice(&msg.raw);
+                return Ok(true);
+            }
+            b'B' | b'E' | b'D' | b'C' | b'H' | b'd' | b'c' | b'f' => {
+                self.begin();
+                self.out.extend_from_slice(&msg.raw);
+            }
+            other => {
+                return Err(SessionError::Client(PgError::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!("invalid frontend message type {other}"),
+                )));
+            }
+        }
+        Ok(false)
+    }
+
+    /// Asks the policy; `Ok(sql to forward)` or `Err(error for the client)`.
+    fn decide(&self, sql: &str) -> Result<String, PgError> {
+        let policy = self.shared.policy.load();
+        match self.shared.engine.check(&policy, self.identity, sql) {
+            Decision::Allow { sql, passthrough, .. } => {
+                self.shared.metrics.statement(if passthrough { "passthrough" } else { "allowed" });
+                Ok(sql.to_string())
+            }
+            Decision::Deny(denial) => {
+                let outcome = match denial.sqlstate {
+                    "42601" => "parse_error",
+                    "54000" => "too_large",
+                    _ => "denied",
+                };
+                self.shared.metrics.statement(outcome);
+                warn!(
+                    user = %self.identity.user,
+                    sqlstate = denial.sqlstate,
+                    rule = %denial.rule,
+                    policy_version = policy.version(),
+                    "statement denied"
+                );
+                let code = match denial.sqlstate {
+                    "42601" => sqlstate::SYNTAX_ERROR,
+                    "54000" => sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                    _ => sqlstate::INSUFFICIENT_PRIVILEGE,
+                };
+                Err(PgError::error(code, denial.message))
+            }
+        }
+    }
+
+    fn deny(
+        &mut self,
+        denial: PgError,
+        poison: impl FnOnce(&mut BytesMut) -> Result<(), SessionError>,
+    ) -> Result<(), SessionError> {
+        let mut st = self.state.lock();
+        if st.denials.len() >= MAX_PENDING_DENIALS {
+            return Err(SessionError::Client(PgError::fatal(
+                sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                "portcullis: too many denied statements in flight",
+            )));
+        }
+        let batch = st.batches_sent;
+        st.denials.push_back(PendingDenial {
+            batch,
+            error: denial.to_bytes(),
+        });
+        drop(st);
+        poison(&mut self.out)
+    }
+
+    fn begin(&mut self) {
+        let mut st = self.state.lock();
+        if !st.open_batch {
+            st.open_batch = true;
+            st.open_since = Some(Instant::now());
+        }
+    }
+
+    fn end_batch(&mut self) {
+        let mut st = self.state.lock();
+        st.batches_sent += 1;
+        st.open_batch = false;
+        let since = st.open_since.take().unwrap_or_else(Instant::now);
+        if st.started.len() < MAX_TRACKED_BATCHES {
+            st.started.push_back(since);
+        }
+    }
+}
+
+struct Backend<'a> {
+    shared: &'a Shared,
+    state: &'a Mutex<Inflight>,
+    marker: &'a [u8],
+    scanner: BackendScanner,
+    buf: BytesMut,
+    out: BytesMut,
+    pieces: Vec<Piece>,
+}
+
+impl Backend<'_> {
+    async fn run<R, W>(&mut self, upstream: &mut R, client: &mut W) -> Result<End, SessionError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        // Bytes that arrived with the startup answer are scanned before the first read.
+        let mut skip_read = !self.buf.is_empty();
+        loop {
+            if !skip_read {
+                self.buf.reserve(UPSTREAM_READ);
+                if upstream.read_buf(&mut self.buf).await? == 0 {
+                    return Ok(End::ServerClosed);
+                }
+            }
+            skip_read = false;
+            self.scanner.scan(&mut self.buf, &mut self.pieces).map_err(|e| {
+                self.shared.metrics.upstream_error("protocol");
+                SessionError::Client(PgError::fatal(sqlstate::CONNECTION_FAILURE, format!("portcullis: {e}")))
+            })?;
+            let mut drained = false;
+            for piece in self.pieces.drain(..) {
+                match piece {
+                    Piece::Forward(bytes) => self.out.unsplit(bytes),
+                    Piece::Message { tag: b'E', raw } => {
+                        let replacement = {
+                            let mut st = self.state.lock();
+                            let current = st.batches_done;
+                            match st.denials.front() {
+                                Some(d) if d.batch == current && contains(&raw, self.marker) => {
+                                    st.denials.pop_front().map(|d| d.error)
+                                }
+                                _ => None,
+                            }
+                        };
+                        self.out.unsplit(replacement.unwrap_or(raw));
+                    }
+                    Piece::Message { tag: b'Z', raw } => {
+                        let status = raw.get(5).copied().unwrap_or(b'I');
+                        let mut st = self.state.lock();
+                        let done = st.batches_done;
+                        while st.denials.front().is_some_and(|d| d.batch <= done) {
+                            st.denials.pop_front();
+                        }
+                        st.batches_done += 1;
+                        st.status = status;
+                        if let Some(started) = st.started.pop_front() {
+                            self.shared
+                                .metrics
+                                .statement_duration
+                                .observe(started.elapsed().as_secs_f64());
+                        }
+                        drained = st.draining && st.idle();
+                        drop(st);
+                        self.out.unsplit(raw);
+                    }
+                    Piece::Message { raw, .. } => self.out.unsplit(raw),
+                }
+            }
+            if !self.out.is_empty() {
+                client.write_all(&self.out).await?;
+                client.flush().await?;
+                // Drop the bytes (not just clear them) so that `buf` is again the sole
+                // owner of its allocation and can reuse it for the next read.
+                self.out = BytesMut::new();
+            }
+            if drained {
+                return Ok(End::Drained);
+            }
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn ctx() -> DecodeContext {
+    let mut ctx = DecodeContext::new(ProtocolVersion::PROTOCOL3_0);
+    ctx.awaiting_frontend_ssl = false;
+    ctx.awaiting_frontend_startup = false;
+    ctx
+}
+
+fn malformed(what: &str) -> SessionError {
+    SessionError::Client(PgError::fatal(
+        sqlstate::PROTOCOL_VIOLATION,
+        format!("portcullis: malformed {what} message"),
+    ))
+}
+
+fn decode_query(mut raw: BytesMut) -> Result<String, SessionError> {
+    match Query::decode(&mut raw, &ctx()) {
+        Ok(Some(q)) => Ok(q.query),
+        _ => Err(malformed("Query")),
+    }
+}
+
+fn decode_parse(mut raw: BytesMut) -> Result<Parse, SessionError> {
+    match Parse::decode(&mut raw, &ctx()) {
+        Ok(Some(p)) => Ok(p),
+        _ => Err(malformed("Parse")),
+    }
+}
+
+fn encode<M: Message>(msg: &M, out: &mut BytesMut) -> Result<(), SessionError> {
+    msg.encode(out).map_err(|e| {
+        SessionError::Client(PgError::error(
+            sqlstate::PROGRAM_LIMIT_EXCEEDED,
+            format!("portcullis: could not encode message: {e}"),
+        ))
+    })
+}
