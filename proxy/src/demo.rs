@@ -106,7 +106,9 @@ pub fn default_example_dir() -> PathBuf {
 
 /// Starts PostgreSQL, loads the data set and starts the proxy.
 pub async fn start(opts: DemoOptions) -> Result<Demo, DemoError> {
-    let example = opts.example_dir;
+    let example = std::fs::canonicalize(&opts.example_dir).map_err(|e| {
+        DemoError::Example(format!("example directory {}: {e}", opts.example_dir.display()))
+    })?;
     for file in ["portcullis.toml", "users.toml", "schema.sql", "data.sql"] {
         if !example.join(file).is_file() {
             return Err(DemoError::Example(format!(

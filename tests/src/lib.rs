@@ -1,1 +1,370 @@
-//! Harness for end-to-end tests.
+//! Harness for end-to-end tests: a real PostgreSQL, the quickstart data set, and a
+//! Portcullis proxy in front of it, in the test's own runtime.
+//!
+//! By default every [`TestEnv`] starts its own throwaway cluster from the system's
+//! binaries (see `portcullis::cluster`). With `PORTCULLIS_TEST_PG_URL` set to a
+//! superuser URL (`postgres://user:password@host:port`), it instead creates a fresh
+//! database on that server and drops it afterwards.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{Context, Result, bail};
+use portcullis::auth::store::{NewUser, add_user};
+use portcullis::cluster::{Cluster, ClusterOptions};
+use portcullis::config::Config;
+use portcullis::server::{Server, Shared};
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use portcullis;
+
+/// Demo users of the quickstart: (name, password).
+pub const ADMIN: (&str, &str) = ("admin", "admin-demo");
+/// Read-only analyst.
+pub const ANALYST: (&str, &str) = ("analyst", "analyst-demo");
+/// Support for tenant 1.
+pub const SUPPORT: (&str, &str) = ("support_acme", "support-demo");
+/// A user whose account expired (added by the harness).
+pub const EXPIRED: (&str, &str) = ("expired_user", "expired-pass");
+
+/// Where the database under test lives.
+enum Backend {
+    Own(Cluster),
+    External { url: String, database: String },
+}
+
+/// Knobs for a test environment.
+#[derive(Clone)]
+pub struct EnvOptions {
+    /// Extra TOML appended to the generated `portcullis.toml` (before `[policy]`
+    /// sections are closed, so put tables at the end).
+    pub extra_config: String,
+    /// `listen.require_tls`.
+    pub require_tls: bool,
+    /// `limits.max_message_bytes`.
+    pub max_message_bytes: usize,
+    /// `limits.shutdown_grace_secs`.
+    pub shutdown_grace_secs: u64,
+    /// Port of the upstream instead of the real one (to simulate it being down).
+    pub upstream_port_override: Option<u16>,
+}
+
+impl Default for EnvOptions {
+    fn default() -> Self {
+        Self {
+            extra_config: String::new(),
+            require_tls: false,
+            max_message_bytes: 64 * 1024 * 1024,
+            shutdown_grace_secs: 5,
+            upstream_port_override: None,
+        }
+    }
+}
+
+/// A running database + proxy. Dropping it stops both.
+pub struct TestEnv {
+    backend: Option<Backend>,
+    /// Host of the real database.
+    pub pg_host: String,
+    /// Port of the real database.
+    pub pg_port: u16,
+    /// Superuser name of the real database.
+    pub pg_user: String,
+    /// Superuser password of the real database.
+    pub pg_password: String,
+    /// Database holding the quickstart data.
+    pub database: String,
+    /// The proxy's client address.
+    pub proxy_addr: SocketAddr,
+    /// The proxy's metrics address.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The proxy's self-signed certificate (PEM).
+    pub cert_path: PathBuf,
+    /// The generated configuration file.
+    pub config_path: PathBuf,
+    /// The generated user store.
+    pub users_path: PathBuf,
+    /// The proxy's shared state.
+    pub shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    server: Option<JoinHandle<()>>,
+    dir: tempfile::TempDir,
+}
+
+static DB_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The repository's `examples/quickstart`.
+pub fn quickstart_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart")
+}
+
+impl TestEnv {
+    /// Database + quickstart data + proxy with default options.
+    pub async fn start() -> Result<Self> {
+        Self::start_with(EnvOptions::default()).await
+    }
+
+    /// Database + quickstart data + proxy.
+    pub async fn start_with(opts: EnvOptions) -> Result<Self> {
+        portcullis::tls::install_crypto_provider();
+        let dir = tempfile::Builder::new().prefix("portcullis-test-").tempdir()?;
+        let (backend, host, port, user, password, database) =
+            tokio::task::spawn_blocking(start_database).await??;
+
+        let (cert_path, key_path) = portcullis::demo::write_self_signed(dir.path())?;
+        let users_path = dir.path().join("users.toml");
+        std::fs::copy(quickstart_dir().join("users.toml"), &users_path)?;
+        let expired = NewUser {
+            name: EXPIRED.0,
+            roles: &["dba".to_owned()],
+            attributes: &BTreeMap::new(),
+            expires_at: Some(time::OffsetDateTime::now_utc() - time::Duration::days(1)),
+            upstream_user: None,
+        };
+        add_user(&users_path, &expired, &EXPIRED.1.to_owned().into(), false)?;
+        let password_path = dir.path().join("upstream-password");
+        std::fs::write(&password_path, &password)?;
+
+        let quickstart = std::fs::read_to_string(quickstart_dir().join("portcullis.toml"))?;
+        let policy = quickstart
+            .find("[policy]")
+            .map(|i| &quickstart[i..])
+            .context("quickstart config has no [policy]")?;
+        let config_text = format!(
+            r#"
+[listen]
+address = "127.0.0.1:0"
+require_tls = {require_tls}
+
+[tls]
+cert = "{cert}"
+key = "{key}"
+
+[auth]
+users_file = "{users}"
+
+[upstream]
+host = "{host}"
+port = {port}
+user = "{user}"
+password = {{ file = "{pwfile}" }}
+
+[metrics]
+address = "127.0.0.1:0"
+
+[limits]
+max_message_bytes = {max_msg}
+shutdown_grace_secs = {grace}
+
+{extra}
+
+{policy}
+"#,
+            require_tls = opts.require_tls,
+            cert = cert_path.display(),
+            key = key_path.display(),
+            users = users_path.display(),
+            port = opts.upstream_port_override.unwrap_or(port),
+            pwfile = password_path.display(),
+            max_msg = opts.max_message_bytes,
+            grace = opts.shutdown_grace_secs,
+            extra = opts.extra_config,
+        );
+        let config_path = dir.path().join("portcullis.toml");
+        std::fs::write(&config_path, &config_text)?;
+        let config = Config::load(&config_path)?;
+        let server = Server::bind(config, Some(config_path.clone())).await?;
+        let proxy_addr = server.local_addr()?;
+        let metrics_addr = server.metrics_addr();
+        let shared = Arc::clone(server.shared());
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(server.run(shutdown.clone()));
+        Ok(Self {
+            backend: Some(backend),
+            pg_host: host,
+            pg_port: port,
+            pg_user: user,
+            pg_password: password,
+            database,
+            proxy_addr,
+            metrics_addr,
+            cert_path,
+            config_path,
+            users_path,
+            shared,
+            shutdown,
+            server: Some(handle),
+            dir,
+        })
+    }
+
+    /// Scratch directory that lives as long as the environment.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// libpq key/value connection string through the proxy.
+    pub fn proxy_dsn(&self, (user, password): (&str, &str), extra: &str) -> String {
+        format!(
+            "host={} port={} dbname={} user={user} password={password} {extra}",
+            self.proxy_addr.ip(),
+            self.proxy_addr.port(),
+            self.database
+        )
+    }
+
+    /// libpq key/value connection string straight to the database as superuser.
+    pub fn direct_dsn(&self) -> String {
+        format!(
+            "host={} port={} dbname={} user={} password={}",
+            self.pg_host, self.pg_port, self.database, self.pg_user, self.pg_password
+        )
+    }
+
+    /// Runs `psql` through the proxy with `args` (TLS required unless `extra` says otherwise).
+    pub async fn psql(&self, who: (&str, &str), extra: &str, args: &[&str]) -> Result<Output> {
+        let dsn = self.proxy_dsn(who, &format!("sslmode=require {extra}"));
+        let mut cmd = tokio::process::Command::new("psql");
+        cmd.arg("-X").arg("-At").arg("-v").arg("ON_ERROR_STOP=1").arg(&dsn).args(args);
+        cmd.env_remove("PGPASSWORD").env_remove("PGSERVICE");
+        Ok(cmd.output().await?)
+    }
+
+    /// Runs `psql` straight against the database as superuser.
+    pub async fn psql_direct(&self, args: &[&str]) -> Result<Output> {
+        let mut cmd = tokio::process::Command::new("psql");
+        cmd.arg("-X").arg("-At").arg("-v").arg("ON_ERROR_STOP=1").arg(self.direct_dsn()).args(args);
+        Ok(cmd.output().await?)
+    }
+
+    /// Stops the proxy gracefully and waits for it.
+    pub async fn stop_proxy(&mut self) {
+        self.shutdown.cancel();
+        if let Some(h) = self.server.take() {
+            let _ = h.await;
+        }
+    }
+
+    /// The proxy's shutdown trigger (SIGTERM equivalent).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Fetches the Prometheus exposition text.
+    pub async fn metrics(&self) -> Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.metrics_addr.context("metrics disabled")?;
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok(out)
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(h) = self.server.take() {
+            h.abort();
+        }
+        match self.backend.take() {
+            Some(Backend::Own(cluster)) => drop(cluster),
+            Some(Backend::External { url, database }) => {
+                let _ = std::process::Command::new("psql")
+                    .arg("-X")
+                    .arg(format!("{url}/postgres"))
+                    .arg("-c")
+                    .arg(format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"))
+                    .output();
+            }
+            None => {}
+        }
+    }
+}
+
+type Started = (Backend, String, u16, String, String, String);
+
+fn start_database() -> Result<Started> {
+    let schema = quickstart_dir().join("schema.sql");
+    let data = quickstart_dir().join("data.sql");
+    if let Ok(url) = std::env::var("PORTCULLIS_TEST_PG_URL") {
+        let url = url.trim_end_matches('/').to_owned();
+        let parsed = parse_url(&url)?;
+        let database = format!(
+            "portcullis_test_{}_{}",
+            std::process::id(),
+            DB_COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        run_psql(&format!("{url}/postgres"), &["-c", &format!("CREATE DATABASE \"{database}\"")])?;
+        let db_url = format!("{url}/{database}");
+        run_psql(&db_url, &["-f", &schema.display().to_string(), "-f", &data.display().to_string()])?;
+        let (user, password, host, port) = parsed;
+        return Ok((Backend::External { url, database: database.clone() }, host, port, user, password, database));
+    }
+    let password = format!("pw{}", std::process::id());
+    let cluster = Cluster::start(&ClusterOptions::new(password.clone()))?;
+    let database = "quickstart".to_owned();
+    cluster.create_database(&database)?;
+    cluster.psql_file(&database, &schema)?;
+    cluster.psql_file(&database, &data)?;
+    let host = cluster.host().to_owned();
+    let port = cluster.port();
+    let user = cluster.superuser().to_owned();
+    Ok((Backend::Own(cluster), host, port, user, password, database))
+}
+
+/// (user, password, host, port) of `postgres://user:password@host:port`.
+fn parse_url(url: &str) -> Result<(String, String, String, u16)> {
+    let rest = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://"));
+    let Some(rest) = rest else { bail!("PORTCULLIS_TEST_PG_URL must start with postgres://") };
+    let (cred, hostport) = rest.rsplit_once('@').context("PORTCULLIS_TEST_PG_URL needs user:password@")?;
+    let (user, password) = cred.split_once(':').unwrap_or((cred, ""));
+    let (host, port) = hostport.rsplit_once(':').unwrap_or((hostport, "5432"));
+    Ok((user.to_owned(), password.to_owned(), host.to_owned(), port.parse()?))
+}
+
+fn run_psql(url: &str, args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new("psql")
+        .arg("-X")
+        .arg("-q")
+        .arg("-v")
+        .arg("ON_ERROR_STOP=1")
+        .arg(url)
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        bail!("psql failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// stdout of a successful command, or an error with its stderr.
+pub fn stdout(out: &Output) -> Result<String> {
+    if !out.status.success() {
+        bail!(
+            "command failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A rustls client config that trusts the environment's self-signed certificate.
+pub fn client_tls(cert_path: &Path) -> Result<rustls::ClientConfig> {
+    portcullis::tls::install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in portcullis::tls::load_certs(cert_path)? {
+        roots.add(cert)?;
+    }
+    Ok(rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}

@@ -237,6 +237,8 @@ fn own_effects(statement: &Statement, fx: &mut Effects) -> Result<&'static str, 
                     && declare.for_query.is_some()
             });
             if cursors {
+                // The cursor's rows are read by later FETCHes: the DECLARE is the read.
+                own(fx, Read, "DECLARE");
                 own(fx, Session, "DECLARE")
             } else {
                 own(fx, Dangerous, "DECLARE (not a cursor)")
