@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
-use pgwire::messages::startup::{Authentication, PasswordMessageFamily};
+use pgwire::messages::startup::{Authentication, NegotiateProtocolVersion, PasswordMessageFamily};
 use pgwire::messages::{DecodeContext, Message, ProtocolVersion};
 use portcullis_policy::Identity;
 use time::OffsetDateTime;
@@ -76,6 +76,7 @@ pub async fn authenticate(
         }
     };
 
+    negotiate_protocol(client, params).await?;
     let mut framer = Framer::new(MAX_SASL_MESSAGE);
     send(client, Authentication::SASL(scram.mechanisms().iter().map(|m| (*m).to_owned()).collect())).await?;
 
@@ -124,6 +125,22 @@ pub async fn authenticate(
         },
         upstream_user: record.upstream_user.clone(),
     })
+}
+
+/// A client asking for protocol 3.x with x > 0, or for `_pq_.` extensions, is told
+/// that the proxy speaks 3.0 without extensions, as PostgreSQL 15 answers.
+async fn negotiate_protocol(client: &mut Stream, params: &StartupParams) -> Result<(), SessionError> {
+    let unsupported: Vec<String> = params.params.keys().filter(|k| k.starts_with("_pq_.")).cloned().collect();
+    if params.minor == 0 && unsupported.is_empty() {
+        return Ok(());
+    }
+    let mut out = BytesMut::new();
+    // PostgreSQL sends the full version number (3 << 16 | 0), which every libpq accepts.
+    NegotiateProtocolVersion::new(196_608, unsupported)
+        .encode(&mut out)
+        .map_err(|e| SessionError::Silent(format!("could not encode NegotiateProtocolVersion: {e}")))?;
+    client.write_all(&out).await?;
+    Ok(())
 }
 
 fn protocol(message: String) -> SessionError {
