@@ -422,7 +422,7 @@ password = { env = "PGPASS_TEST" }
         let src = MINIMAL.replace("user = \"postgres\"", "user = \"postgres\"\nusr = 1");
         let err = parse(&src).expect_err("unknown field");
         let text = err.to_string();
-        assert!(text.starts_with("/etc/p/portcullis.toml:12:"), "{text}");
+        assert!(text.starts_with("/etc/p/portcullis.toml:11:1:"), "{text}");
         assert!(text.contains("unknown field"), "{text}");
     }
 

@@ -164,4 +164,33 @@ mod tests {
         let mut buf = BytesMut::from(&[b'E', 0x7f, 0, 0, 0][..]);
         assert!(BackendScanner::default().scan(&mut buf, &mut Vec::new()).is_err());
     }
+
+    #[test]
+    fn random_streams_never_panic_and_never_lose_bytes() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for _ in 0..2000 {
+            let mut scanner = BackendScanner::default();
+            let mut buf = BytesMut::new();
+            let mut seen = 0usize;
+            let mut fed = 0usize;
+            for _ in 0..8 {
+                let n = rng.random_range(0..40usize);
+                let chunk: Vec<u8> = (0..n).map(|_| rng.random()).collect();
+                fed += chunk.len();
+                buf.extend_from_slice(&chunk);
+                let mut out = Vec::new();
+                if scanner.scan(&mut buf, &mut out).is_err() {
+                    break;
+                }
+                for p in out {
+                    seen += match p {
+                        Piece::Forward(b) => b.len(),
+                        Piece::Message { raw, .. } => raw.len(),
+                    };
+                }
+                assert_eq!(seen + buf.len(), fed, "bytes are forwarded or kept, never lost");
+            }
+        }
+    }
 }

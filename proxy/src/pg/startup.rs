@@ -192,4 +192,20 @@ mod tests {
         assert!(matches!(first(&[0, 0, 0, 12, 4, 210, 22, 47, 0, 0, 0, 0]).await, Err(StartupError::Malformed)));
         assert!(matches!(first(&[0, 0, 0, 20, 0, 3]).await, Err(StartupError::Closed)));
     }
+
+    #[tokio::test]
+    async fn random_packets_never_panic() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..5000 {
+            let len = rng.random_range(0..64usize);
+            let mut bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+            if len >= 8 && rng.random_bool(0.5) {
+                // A plausible length and protocol code so the body parser is reached.
+                bytes[..4].copy_from_slice(&(len as i32).to_be_bytes());
+                bytes[4..8].copy_from_slice(&196_608i32.to_be_bytes());
+            }
+            let _ = first(&bytes).await;
+        }
+    }
 }
