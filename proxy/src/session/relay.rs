@@ -242,10 +242,12 @@ impl Frontend<'_> {
                 self.out.extend_from_slice(&msg.raw);
                 return Ok(true);
             }
-            b'B' | b'E' | b'D' | b'C' | b'H' | b'd' | b'c' | b'f' => {
+            b'B' | b'E' | b'D' | b'C' | b'H' => {
                 self.begin();
                 self.out.extend_from_slice(&msg.raw);
             }
+            // COPY data belongs to the batch of the statement that started the copy.
+            b'd' | b'c' | b'f' => self.out.extend_from_slice(&msg.raw),
             other => {
                 return Err(SessionError::Client(PgError::fatal(
                     sqlstate::PROTOCOL_VIOLATION,
