@@ -53,6 +53,8 @@ pub struct EnvOptions {
     pub shutdown_grace_secs: u64,
     /// Port of the upstream instead of the real one (to simulate it being down).
     pub upstream_port_override: Option<u16>,
+    /// Extra lines for the `[tls]` table (client CA settings).
+    pub tls_extra: String,
 }
 
 impl Default for EnvOptions {
@@ -63,6 +65,7 @@ impl Default for EnvOptions {
             max_message_bytes: 64 * 1024 * 1024,
             shutdown_grace_secs: 5,
             upstream_port_override: None,
+            tls_extra: String::new(),
         }
     }
 }
@@ -145,6 +148,7 @@ require_tls = {require_tls}
 [tls]
 cert = "{cert}"
 key = "{key}"
+{tls_extra}
 
 [auth]
 users_file = "{users}"
@@ -175,6 +179,7 @@ shutdown_grace_secs = {grace}
             max_msg = opts.max_message_bytes,
             grace = opts.shutdown_grace_secs,
             extra = opts.extra_config,
+            tls_extra = opts.tls_extra,
         );
         let config_path = dir.path().join("portcullis.toml");
         std::fs::write(&config_path, &config_text)?;
@@ -367,4 +372,258 @@ pub fn client_tls(cert_path: &Path) -> Result<rustls::ClientConfig> {
     Ok(rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth())
+}
+
+/// Like [`client_tls`], presenting a client certificate.
+pub fn client_tls_with_cert(
+    cert_path: &Path,
+    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    key: rustls_pki_types::PrivateKeyDer<'static>,
+) -> Result<rustls::ClientConfig> {
+    portcullis::tls::install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in portcullis::tls::load_certs(cert_path)? {
+        roots.add(cert)?;
+    }
+    Ok(rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?)
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw wire-protocol helpers, for tests that must send what no real client would.
+// ---------------------------------------------------------------------------------------
+
+/// A typed frontend message: `tag`, length, `body`.
+pub fn frontend_message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 5);
+    out.push(tag);
+    out.extend_from_slice(&i32::try_from(body.len() + 4).expect("message fits i32").to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// A StartupMessage for protocol `version` (`3 << 16` is 3.0) with `params`.
+pub fn startup_message(version: i32, params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = version.to_be_bytes().to_vec();
+    for (k, v) in params {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut out = i32::try_from(body.len() + 4).expect("fits").to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    out
+}
+
+/// A simple-protocol Query message.
+pub fn query_message(sql: &str) -> Vec<u8> {
+    let mut body = sql.as_bytes().to_vec();
+    body.push(0);
+    frontend_message(b'Q', &body)
+}
+
+/// Parse (unnamed, no parameter types) + Bind (unnamed portal, no parameters) +
+/// Execute (no row limit), without Sync.
+pub fn extended_messages(sql: &str) -> Vec<u8> {
+    let mut parse = vec![0u8];
+    parse.extend_from_slice(sql.as_bytes());
+    parse.extend_from_slice(&[0, 0, 0]);
+    // portal "", statement "", 0 parameter formats, 0 parameters, 0 result formats
+    let bind = [0u8, 0, 0, 0, 0, 0, 0, 0];
+    let execute = [0u8, 0, 0, 0, 0];
+    let mut out = frontend_message(b'P', &parse);
+    out.extend(frontend_message(b'B', &bind));
+    out.extend(frontend_message(b'E', &execute));
+    out
+}
+
+/// A Sync message.
+pub fn sync_message() -> Vec<u8> {
+    frontend_message(b'S', &[])
+}
+
+/// Reads one backend message as (tag, body). `Ok(None)` is a clean end of stream before
+/// a new message; a stream that ends inside a message is an error.
+pub async fn read_message<R>(reader: &mut R) -> Result<Option<(u8, Vec<u8>)>>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut tag = [0u8; 1];
+    if reader.read(&mut tag).await? == 0 {
+        return Ok(None);
+    }
+    let mut len = [0u8; 4];
+    reader.read_exact(&mut len).await?;
+    let len = i32::from_be_bytes(len);
+    let body_len = usize::try_from(len)
+        .ok()
+        .and_then(|l| l.checked_sub(4))
+        .with_context(|| format!("backend message {:?} with bad length {len}", char::from(tag[0])))?;
+    let mut body = vec![0u8; body_len];
+    reader.read_exact(&mut body).await?;
+    Ok(Some((tag[0], body)))
+}
+
+/// Like [`read_message`] but fails after `secs` seconds.
+pub async fn read_message_within<R>(reader: &mut R, secs: u64) -> Result<Option<(u8, Vec<u8>)>>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    tokio::time::timeout(std::time::Duration::from_secs(secs), read_message(reader))
+        .await
+        .with_context(|| format!("no backend message within {secs} s"))?
+}
+
+/// Fields of an ErrorResponse or NoticeResponse body, by field code (`S`, `C`, `M`, ...).
+pub fn error_fields(body: &[u8]) -> BTreeMap<char, String> {
+    body.split(|&b| b == 0)
+        .filter(|f| !f.is_empty())
+        .map(|f| (char::from(f[0]), String::from_utf8_lossy(&f[1..]).into_owned()))
+        .collect()
+}
+
+/// Reads messages until ReadyForQuery (included), within 10 s. Fails on end of stream.
+pub async fn read_until_ready<R>(reader: &mut R) -> Result<Vec<(u8, Vec<u8>)>>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let mut out = Vec::new();
+    loop {
+        match read_message_within(reader, 10).await? {
+            Some((tag, body)) => {
+                out.push((tag, body));
+                if tag == b'Z' {
+                    return Ok(out);
+                }
+            }
+            None => bail!("connection closed before ReadyForQuery; got {}", describe_messages(&out)),
+        }
+    }
+}
+
+/// Tags of `msgs` as a string, with error fields spelled out, for assertion messages.
+pub fn describe_messages(msgs: &[(u8, Vec<u8>)]) -> String {
+    msgs.iter()
+        .map(|(tag, body)| match tag {
+            b'E' | b'N' => format!("{}{:?}", char::from(*tag), error_fields(body)),
+            _ => char::from(*tag).to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Expects the next message (notices skipped) to be an ErrorResponse with `severity` and
+/// SQLSTATE `code`; returns its fields.
+pub async fn expect_error<R>(reader: &mut R, severity: &str, code: &str) -> Result<BTreeMap<char, String>>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    loop {
+        match read_message_within(reader, 10).await? {
+            Some((b'N', _)) => continue,
+            Some((b'E', body)) => {
+                let fields = error_fields(&body);
+                if fields.get(&'S').map(String::as_str) != Some(severity)
+                    || fields.get(&'C').map(String::as_str) != Some(code)
+                {
+                    bail!("expected {severity} {code}, got {fields:?}");
+                }
+                return Ok(fields);
+            }
+            Some((tag, body)) => bail!("expected ErrorResponse, got {}", describe_messages(&[(tag, body)])),
+            None => bail!("connection closed instead of {severity} {code}"),
+        }
+    }
+}
+
+/// Expects a FATAL ErrorResponse with `code` followed by the end of the connection;
+/// returns the error's fields.
+pub async fn expect_fatal_then_close<R>(reader: &mut R, code: &str) -> Result<BTreeMap<char, String>>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let fields = expect_error(reader, "FATAL", code).await?;
+    expect_closed(reader).await?;
+    Ok(fields)
+}
+
+/// Expects the peer to close the connection within 5 s without sending any message
+/// (a read error such as a reset or a TLS close without close_notify also counts as
+/// closed).
+pub async fn expect_closed<R>(reader: &mut R) -> Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    match tokio::time::timeout(std::time::Duration::from_secs(5), read_message(reader)).await {
+        Err(_) => bail!("connection still open after 5 s"),
+        Ok(Ok(None)) | Ok(Err(_)) => Ok(()),
+        Ok(Ok(Some((tag, body)))) => {
+            bail!("expected the connection to close, got {}", describe_messages(&[(tag, body)]))
+        }
+    }
+}
+
+/// Plain TCP connection to the proxy.
+pub async fn raw_connect(env: &TestEnv) -> Result<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(env.proxy_addr).await?;
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
+}
+
+/// SSLRequest, then a TLS handshake with `config`, on a new connection to the proxy.
+pub async fn raw_tls_connect_with(
+    env: &TestEnv,
+    config: rustls::ClientConfig,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = raw_connect(env).await?;
+    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await?;
+    if answer[0] != b'S' {
+        bail!("SSLRequest answered {:?}", char::from(answer[0]));
+    }
+    let name = rustls::pki_types::ServerName::try_from("localhost")?.to_owned();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await?;
+    Ok(stream)
+}
+
+/// SSLRequest and a TLS handshake trusting the environment's certificate.
+pub async fn raw_tls_connect(env: &TestEnv) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    raw_tls_connect_with(env, client_tls(&env.cert_path)?).await
+}
+
+/// The value of the sample `series` (metric name with its labels exactly as exposed,
+/// e.g. `portcullis_statements_total{outcome="denied"}`) in a Prometheus text; 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.trim().parse::<f64>().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+/// Polls `check` every 50 ms until it returns true or `secs` seconds pass; returns
+/// whether it became true.
+pub async fn eventually<F, Fut>(secs: u64, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
