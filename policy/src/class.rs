@@ -174,7 +174,9 @@ mod tests {
         assert!(set.is_subset(ClassSet::ALL));
         assert!(ClassSet::EMPTY.is_subset(ClassSet::EMPTY));
         assert_eq!(ClassSet::ALL.iter().count(), StatementClass::ALL.len());
-        let collected: ClassSet = [StatementClass::Dcl, StatementClass::Dcl].into_iter().collect();
+        let collected: ClassSet = [StatementClass::Dcl, StatementClass::Dcl]
+            .into_iter()
+            .collect();
         assert_eq!(collected, ClassSet::only(StatementClass::Dcl));
     }
 }

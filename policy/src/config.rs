@@ -200,7 +200,11 @@ mod tests {
     #[test]
     fn unknown_class_is_an_error_naming_it() {
         let err = toml::from_str::<PolicyConfig>("[roles.x]\nallow = [\"raed\"]\n");
-        let message = err.map(|_| ()).err().map(|e| e.to_string()).unwrap_or_default();
+        let message = err
+            .map(|_| ())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(message.contains("raed"), "{message}");
         assert!(message.contains("line 2"), "{message}");
     }

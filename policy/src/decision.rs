@@ -13,6 +13,9 @@ pub mod sqlstate {
     pub const SYNTAX_ERROR: &str = "42601";
     /// `54000 program_limit_exceeded`: the text is over `max_statement_bytes`.
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+    /// `54001 statement_too_complex`: the text nests operators deeper than Portcullis
+    /// can analyse safely.
+    pub const STATEMENT_TOO_COMPLEX: &str = "54001";
 }
 
 /// What the proxy does with one statement text (one simple-protocol Query or one

@@ -34,6 +34,8 @@
 //! assert_eq!(write.denial().map(|d| d.sqlstate), Some("42501"));
 //! ```
 
+#![warn(missing_docs)]
+
 mod analysis;
 mod class;
 mod config;

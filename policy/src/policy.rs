@@ -32,8 +32,7 @@ impl Policy {
     /// Refuses a zero or over-1 GiB `max_statement_bytes`, zero cache sizes, and empty
     /// role or passthrough user names.
     pub fn compile(config: &PolicyConfig) -> Result<Policy, PolicyError> {
-        if config.max_statement_bytes == 0
-            || config.max_statement_bytes > MAX_STATEMENT_BYTES_LIMIT
+        if config.max_statement_bytes == 0 || config.max_statement_bytes > MAX_STATEMENT_BYTES_LIMIT
         {
             return Err(PolicyError::MaxStatementBytes {
                 value: config.max_statement_bytes,
@@ -135,7 +134,10 @@ fn content_hash(config: &PolicyConfig) -> String {
         "max_statement_bytes",
         &(config.max_statement_bytes as u64).to_be_bytes(),
     );
-    field("cache_entries", &(config.cache_entries as u64).to_be_bytes());
+    field(
+        "cache_entries",
+        &(config.cache_entries as u64).to_be_bytes(),
+    );
     field(
         "cache_max_bytes",
         &(config.cache_max_bytes as u64).to_be_bytes(),
@@ -226,7 +228,10 @@ mod tests {
         assert_eq!(Policy::compile(&config), Err(PolicyError::CacheMaxBytes));
 
         let blank_role = config_with(&[(" ", &[ClassGrant::Read])]);
-        assert_eq!(Policy::compile(&blank_role), Err(PolicyError::EmptyRoleName));
+        assert_eq!(
+            Policy::compile(&blank_role),
+            Err(PolicyError::EmptyRoleName)
+        );
 
         let blank_user = PolicyConfig {
             unparsed_passthrough: vec![String::new()],
@@ -240,7 +245,10 @@ mod tests {
 
     #[test]
     fn version_is_a_content_hash() -> Result<(), PolicyError> {
-        let a = Policy::compile(&config_with(&[("r", &[ClassGrant::Read, ClassGrant::Write])]))?;
+        let a = Policy::compile(&config_with(&[(
+            "r",
+            &[ClassGrant::Read, ClassGrant::Write],
+        )]))?;
         let same = Policy::compile(&config_with(&[(
             "r",
             &[ClassGrant::Write, ClassGrant::Read, ClassGrant::Read],

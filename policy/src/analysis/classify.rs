@@ -17,9 +17,8 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    AlterTableOperation, CopyTarget, DeclareType, Expr, FunctionArguments,
-    ObjectName, ObjectType, Query, Reset, Select, Set, SetExpr, Statement, TableFactor, Visit,
-    Visitor,
+    AlterTableOperation, CopyTarget, DeclareType, Expr, FunctionArguments, ObjectName, ObjectType,
+    Query, Reset, Select, Set, SetExpr, Statement, TableFactor, Visit, Visitor,
 };
 
 use super::functions::{call_effect, literal_text};
@@ -79,8 +78,10 @@ impl Visitor for Collector {
 
     fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<Unsupported> {
         if !query.locks.is_empty() {
-            self.effects
-                .push(Effect::new(Write, What::Statement("SELECT ... FOR UPDATE/SHARE")));
+            self.effects.push(Effect::new(
+                Write,
+                What::Statement("SELECT ... FOR UPDATE/SHARE"),
+            ));
         }
         ControlFlow::Continue(())
     }
@@ -272,9 +273,7 @@ fn own_effects(statement: &Statement, fx: &mut Effects) -> Result<&'static str, 
 
         // ---- schema changes
         Statement::Drop { object_type, .. } => own(fx, Ddl, drop_kind(*object_type)),
-        Statement::CreateTable(create) if create.query.is_some() => {
-            own(fx, Ddl, "CREATE TABLE AS")
-        }
+        Statement::CreateTable(create) if create.query.is_some() => own(fx, Ddl, "CREATE TABLE AS"),
         Statement::CreateTable(_) => own(fx, Ddl, "CREATE TABLE"),
         Statement::CreateView(view) if view.materialized => {
             own(fx, Ddl, "CREATE MATERIALIZED VIEW")

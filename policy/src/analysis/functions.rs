@@ -103,23 +103,26 @@ const SET_CONFIG: &str = "set_config";
 /// The effect of calling the function `name` with `args`, if the call changes the
 /// class of the statement it appears in.
 pub(crate) fn call_effect(name: &ObjectName, args: &[FunctionArg]) -> Option<Effect> {
-    let Some(last) = name.0.last() else {
-        return None;
-    };
-    let Some(ident) = last.as_ident() else {
+    let Some(ident) = name.0.last()?.as_ident() else {
         // A dialect-specific computed name part; PostgreSQL has none. Fail closed.
         return Some(Effect::new(StatementClass::Dangerous, What::Function("?")));
     };
     let function = ident.value.as_str();
     if let Some(listed) = find(DANGEROUS, function) {
-        return Some(Effect::new(StatementClass::Dangerous, What::Function(listed)));
+        return Some(Effect::new(
+            StatementClass::Dangerous,
+            What::Function(listed),
+        ));
     }
     if let Some(prefix) = DANGEROUS_PREFIXES
         .iter()
         .copied()
         .find(|prefix| starts_with_ignore_ascii_case(function, prefix))
     {
-        return Some(Effect::new(StatementClass::Dangerous, What::Function(prefix)));
+        return Some(Effect::new(
+            StatementClass::Dangerous,
+            What::Function(prefix),
+        ));
     }
     if let Some(listed) = find(WRITE, function) {
         return Some(Effect::new(StatementClass::Write, What::Function(listed)));
@@ -133,20 +136,17 @@ pub(crate) fn call_effect(name: &ObjectName, args: &[FunctionArg]) -> Option<Eff
     None
 }
 
-/// `set_config('name', 'value', local)` with literal arguments is a `SET`; anything
-/// else (a computed setting name or value) cannot be assessed and is dangerous.
+/// `set_config('name', value, local)` is a `SET`: it needs a literal setting name, and a
+/// literal value only where the value matters (`client_encoding`, ...). A computed
+/// setting name cannot be assessed and is dangerous.
 fn set_config_effect(args: &[FunctionArg]) -> Effect {
-    let dangerous = Effect::new(StatementClass::Dangerous, What::Function(SET_CONFIG));
-    let (Some(name), value) = (
-        args.first().and_then(literal_arg),
-        args.get(1).and_then(literal_arg),
-    ) else {
-        return dangerous;
+    let Some(name) = args.first().and_then(literal_arg) else {
+        return Effect::new(StatementClass::Dangerous, What::Function(SET_CONFIG));
     };
+    let value = args.get(1).and_then(literal_arg);
     match settings::assess_set(&name, value.as_deref()) {
         Some(setting) => Effect::new(StatementClass::Dangerous, What::Setting(setting)),
-        None if value.is_some() => Effect::new(StatementClass::Session, What::Function(SET_CONFIG)),
-        None => dangerous,
+        None => Effect::new(StatementClass::Session, What::Function(SET_CONFIG)),
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod classify;
 mod functions;
+mod nesting;
 mod settings;
 
 use std::fmt;
@@ -10,9 +11,11 @@ use std::sync::Arc;
 
 use sqlparser::ast::Statement;
 use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::{Parser, ParserError};
+use sqlparser::parser::{Parser, ParserError, ParserOptions};
+use sqlparser::tokenizer::Tokenizer;
 
 use crate::class::{ClassSet, StatementClass};
+use crate::decision::sqlstate;
 
 /// How deeply the parser may nest (expressions, subqueries, parentheses). Deeper input
 /// is a clean parse error, never a stack overflow; this is sqlparser's default, and far
@@ -54,6 +57,18 @@ pub(crate) enum Refusal {
     Unparsable(String),
     /// It parsed, but uses a construct the proxy does not forward.
     Unsupported(&'static str),
+    /// Its operators could nest deeper than [`nesting::MAX_OPERATOR_NESTING`].
+    TooComplex,
+}
+
+impl Refusal {
+    /// The SQLSTATE a client gets for this refusal.
+    pub(crate) fn sqlstate(&self) -> &'static str {
+        match self {
+            Refusal::Unparsable(_) | Refusal::Unsupported(_) => sqlstate::SYNTAX_ERROR,
+            Refusal::TooComplex => sqlstate::STATEMENT_TOO_COMPLEX,
+        }
+    }
 }
 
 impl fmt::Display for Refusal {
@@ -65,6 +80,11 @@ impl fmt::Display for Refusal {
             Refusal::Unsupported(construct) => {
                 write!(f, "Portcullis does not accept {construct}")
             }
+            Refusal::TooComplex => write!(
+                f,
+                "Portcullis does not accept operators nested more than {} deep",
+                nesting::MAX_OPERATOR_NESTING
+            ),
         }
     }
 }
@@ -73,7 +93,6 @@ impl fmt::Display for Refusal {
 #[derive(Debug)]
 pub(crate) struct AnalyzedStatement {
     /// The checked syntax tree; the relation-level engine will rewrite it.
-    #[allow(dead_code)] // kept for the rewriting engine; not read by class checks yet
     pub(crate) ast: Statement,
     /// What kind of statement it is, for messages (`INSERT`, `CREATE TABLE`, ...).
     pub(crate) kind: &'static str,
@@ -145,12 +164,31 @@ impl Effects {
     }
 }
 
-/// Parses `sql` as PostgreSQL with the recursion limit.
-pub(crate) fn parse(sql: &str) -> Result<Vec<Statement>, ParserError> {
-    Parser::new(&PostgreSqlDialect {})
+/// Why [`parse`] failed.
+#[derive(Debug)]
+pub(crate) enum ParseFailure {
+    Syntax(ParserError),
+    TooDeep,
+}
+
+/// Parses `sql` as PostgreSQL, refusing texts whose operator chains could nest deeper
+/// than the stack allows before building their trees, and with the recursion limit.
+pub(crate) fn parse(sql: &str) -> Result<Vec<Statement>, ParseFailure> {
+    let dialect = PostgreSqlDialect {};
+    let options = ParserOptions::default();
+    let tokens = Tokenizer::new(&dialect, sql)
+        .with_unescape(options.unescape)
+        .tokenize_with_location()
+        .map_err(|error| ParseFailure::Syntax(error.into()))?;
+    if nesting::too_deep(&tokens) {
+        return Err(ParseFailure::TooDeep);
+    }
+    Parser::new(&dialect)
+        .with_options(options)
         .with_recursion_limit(RECURSION_LIMIT)
-        .try_with_sql(sql)?
+        .with_tokens_with_locations(tokens)
         .parse_statements()
+        .map_err(ParseFailure::Syntax)
 }
 
 /// Analyses one statement text. Never panics, whatever the input.
@@ -163,7 +201,10 @@ pub(crate) fn analyze(sql: &str) -> Analysis {
 fn outcome(sql: &str) -> Outcome {
     let statements = match parse(sql) {
         Ok(statements) => statements,
-        Err(error) => return Outcome::Refused(Refusal::Unparsable(client_safe(&error))),
+        Err(ParseFailure::Syntax(error)) => {
+            return Outcome::Refused(Refusal::Unparsable(client_safe(&error)));
+        }
+        Err(ParseFailure::TooDeep) => return Outcome::Refused(Refusal::TooComplex),
     };
     if statements.is_empty() {
         return Outcome::Empty;
@@ -243,7 +284,7 @@ fn weight(sql: &str, outcome: &Outcome) -> usize {
     let held = match outcome {
         Outcome::Empty => 0,
         Outcome::Refused(Refusal::Unparsable(error)) => error.len(),
-        Outcome::Refused(Refusal::Unsupported(_)) => 0,
+        Outcome::Refused(Refusal::Unsupported(_) | Refusal::TooComplex) => 0,
         Outcome::Statements { sql: forwarded, .. } => forwarded
             .len()
             .saturating_add(sql.len().saturating_mul(TREE_BYTES_PER_TEXT_BYTE)),

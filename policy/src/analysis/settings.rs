@@ -28,7 +28,10 @@ const ALWAYS_DANGEROUS: &[&str] = &[
 const TOKENIZER_SETTINGS: &[(&str, &[&str])] = &[
     ("client_encoding", &["utf8", "utf-8", "unicode", "default"]),
     ("names", &["utf8", "utf-8", "unicode", "default"]),
-    ("standard_conforming_strings", &["on", "true", "yes", "1", "default"]),
+    (
+        "standard_conforming_strings",
+        &["on", "true", "yes", "1", "default"],
+    ),
 ];
 
 /// Settings whose `RESET` is dangerous: resetting them changes the acting role.
@@ -86,7 +89,10 @@ mod tests {
     #[test]
     fn tokenizer_settings_only_accept_what_the_proxy_assumes() {
         assert_eq!(assess_set("client_encoding", Some("UTF8")), None);
-        assert_eq!(assess_set("client_encoding", Some("sjis")), Some("client_encoding"));
+        assert_eq!(
+            assess_set("client_encoding", Some("sjis")),
+            Some("client_encoding")
+        );
         assert_eq!(assess_set("client_encoding", None), Some("client_encoding"));
         assert_eq!(assess_set("standard_conforming_strings", Some("on")), None);
         assert_eq!(

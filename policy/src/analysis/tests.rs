@@ -1,7 +1,7 @@
 use super::*;
 use crate::class::StatementClass::{
-    Dangerous as X, Dcl as C, Ddl as D, Read as R, Session as S, Transaction as T,
-    Utility as U, Write as W,
+    Dangerous as X, Dcl as C, Ddl as D, Read as R, Session as S, Transaction as T, Utility as U,
+    Write as W,
 };
 
 /// The classes of `sql`, or a description of why it has none.
@@ -22,17 +22,28 @@ const CASES: &[(&str, &[StatementClass])] = &[
     ("SELECT 1", &[R]),
     ("select abalance from pgbench_accounts where aid = $1", &[R]),
     ("VALUES (1, 2), (3, 4)", &[R]),
-    ("TABLE t", &[R]),
     ("WITH x AS (SELECT 1) SELECT * FROM x", &[R]),
     ("SELECT 1 UNION ALL SELECT 2", &[R]),
-    ("SELECT * FROM t JOIN LATERAL (SELECT * FROM u WHERE u.id = t.id) AS l ON true", &[R]),
+    (
+        "SELECT * FROM t JOIN LATERAL (SELECT * FROM u WHERE u.id = t.id) AS l ON true",
+        &[R],
+    ),
     ("SHOW search_path", &[R]),
     ("SHOW ALL", &[R]),
     ("EXPLAIN SELECT 1", &[R]),
-    ("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) SELECT * FROM t", &[R]),
+    (
+        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) SELECT * FROM t",
+        &[R],
+    ),
     ("COPY t TO STDOUT", &[R]),
-    ("COPY (SELECT * FROM t) TO STDOUT WITH (FORMAT csv, HEADER)", &[R]),
-    ("SELECT current_setting('search_path'), pg_catalog.version()", &[R]),
+    (
+        "COPY (SELECT * FROM t) TO STDOUT WITH (FORMAT csv, HEADER)",
+        &[R],
+    ),
+    (
+        "SELECT current_setting('search_path'), pg_catalog.version()",
+        &[R],
+    ),
     // writes
     ("INSERT INTO t VALUES (1)", &[W]),
     (
@@ -40,8 +51,14 @@ const CASES: &[(&str, &[StatementClass])] = &[
         &[W],
     ),
     ("INSERT INTO t SELECT * FROM s", &[W]),
-    ("UPDATE pgbench_accounts SET abalance = abalance + -1234 WHERE aid = 5", &[W]),
-    ("UPDATE t SET a = s.a FROM s WHERE t.id = s.id RETURNING t.*", &[W]),
+    (
+        "UPDATE pgbench_accounts SET abalance = abalance + -1234 WHERE aid = 5",
+        &[W],
+    ),
+    (
+        "UPDATE t SET a = s.a FROM s WHERE t.id = s.id RETURNING t.*",
+        &[W],
+    ),
     ("DELETE FROM t WHERE a = 1", &[W]),
     ("DELETE FROM t USING s WHERE t.id = s.id", &[W]),
     (
@@ -50,12 +67,27 @@ const CASES: &[(&str, &[StatementClass])] = &[
     ),
     ("COPY t FROM STDIN", &[W]),
     ("COPY t (a, b) FROM STDIN WITH (FORMAT csv)", &[W]),
-    ("copy pgbench_accounts from stdin with (freeze on)", &[W]),
-    ("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", &[R, W]),
-    ("WITH i AS (INSERT INTO t VALUES (1) RETURNING id) SELECT id FROM i", &[R, W]),
-    ("WITH u AS (UPDATE t SET a = 1 RETURNING *) SELECT * FROM u", &[R, W]),
-    ("SELECT * FROM (WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d) AS x", &[R, W]),
-    ("WITH x AS (SELECT 1 AS a) INSERT INTO t SELECT a FROM x", &[W]),
+    ("copy pgbench_accounts from stdin with (freeze true)", &[W]),
+    (
+        "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+        &[R, W],
+    ),
+    (
+        "WITH i AS (INSERT INTO t VALUES (1) RETURNING id) SELECT id FROM i",
+        &[R, W],
+    ),
+    (
+        "WITH u AS (UPDATE t SET a = 1 RETURNING *) SELECT * FROM u",
+        &[R, W],
+    ),
+    (
+        "SELECT * FROM (WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d) AS x",
+        &[R, W],
+    ),
+    (
+        "WITH x AS (SELECT 1 AS a) INSERT INTO t SELECT a FROM x",
+        &[W],
+    ),
     ("EXPLAIN ANALYZE DELETE FROM t", &[W]),
     ("EXPLAIN DELETE FROM t", &[W]),
     ("SELECT * FROM t FOR UPDATE", &[R, W]),
@@ -64,7 +96,10 @@ const CASES: &[(&str, &[StatementClass])] = &[
     ("CALL p()", &[W]),
     ("LOCK TABLE t IN ACCESS EXCLUSIVE MODE", &[W]),
     // schema changes
-    ("CREATE TABLE t (id int PRIMARY KEY, name text NOT NULL)", &[D]),
+    (
+        "CREATE TABLE t (id int PRIMARY KEY, name text NOT NULL)",
+        &[D],
+    ),
     ("CREATE TEMP TABLE tt (a int) ON COMMIT DROP", &[D]),
     ("CREATE TABLE t2 AS SELECT * FROM t", &[D]),
     ("SELECT * INTO newt FROM t", &[R, D]),
@@ -76,11 +111,17 @@ const CASES: &[(&str, &[StatementClass])] = &[
     ("DROP INDEX i", &[D]),
     ("TRUNCATE TABLE t RESTART IDENTITY CASCADE", &[D]),
     ("COMMENT ON TABLE t IS 'x'", &[D]),
-    ("CREATE FUNCTION f(int) RETURNS int LANGUAGE sql AS 'SELECT $1'", &[D]),
+    (
+        "CREATE FUNCTION f(int) RETURNS int LANGUAGE sql AS 'SELECT $1'",
+        &[D],
+    ),
     ("CREATE SCHEMA s", &[D]),
     ("CREATE SEQUENCE seq", &[D]),
     ("CREATE TYPE mood AS ENUM ('a', 'b')", &[D]),
-    ("CREATE TRIGGER trg BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION f()", &[D]),
+    (
+        "CREATE TRIGGER trg BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION f()",
+        &[D],
+    ),
     ("DROP EXTENSION pgcrypto", &[D]),
     // access control
     ("GRANT SELECT ON t TO bob", &[C]),
@@ -91,7 +132,10 @@ const CASES: &[(&str, &[StatementClass])] = &[
     ("ALTER ROLE bob SUPERUSER", &[C]),
     ("DROP ROLE bob", &[C]),
     ("DROP USER bob", &[C]),
-    ("ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO bob", &[C]),
+    (
+        "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO bob",
+        &[C],
+    ),
     ("CREATE POLICY p ON t USING (tenant_id = 42)", &[C]),
     ("DROP POLICY p ON t", &[C]),
     ("ALTER TABLE t ENABLE ROW LEVEL SECURITY", &[D, C]),
@@ -112,6 +156,8 @@ const CASES: &[(&str, &[StatementClass])] = &[
     ("NOTIFY chan, 'payload'", &[S]),
     ("SELECT pg_notify('chan', 'x')", &[R, S]),
     ("SELECT set_config('search_path', '', false)", &[R, S]),
+    ("SELECT set_config('app.tenant_id', $1, true)", &[R, S]),
+    ("SET NAMES 'UTF8'", &[S]),
     ("PREPARE p (int) AS SELECT $1", &[S, R]),
     ("PREPARE q AS INSERT INTO t VALUES ($1)", &[S, W]),
     ("EXECUTE p(1)", &[S]),
@@ -161,7 +207,10 @@ const CASES: &[(&str, &[StatementClass])] = &[
     ("SET standard_conforming_strings = off", &[X]),
     ("SET standard_conforming_strings = DEFAULT", &[S]),
     ("CREATE EXTENSION pgcrypto", &[D, X]),
-    ("CREATE SERVER srv FOREIGN DATA WRAPPER postgres_fdw", &[D, X]),
+    (
+        "CREATE SERVER srv FOREIGN DATA WRAPPER postgres_fdw",
+        &[D, X],
+    ),
     ("LOAD 'auto_explain'", &[X]),
     ("SELECT pg_read_file('/etc/passwd')", &[R, X]),
     ("SELECT PG_CATALOG.PG_READ_FILE('/etc/passwd')", &[R, X]),
@@ -169,17 +218,41 @@ const CASES: &[(&str, &[StatementClass])] = &[
     ("SELECT * FROM pg_catalog.pg_ls_waldir()", &[R, X]),
     ("SELECT set_config('role', 'admin', false)", &[R, X]),
     ("SELECT set_config('ROLE', 'admin', false)", &[R, X]),
-    ("SELECT set_config('client_encoding', 'SJIS', false)", &[R, X]),
+    (
+        "SELECT set_config('client_encoding', 'SJIS', false)",
+        &[R, X],
+    ),
     ("SELECT set_config(current_user, 'x', false)", &[R, X]),
     ("SELECT * FROM set_config('role', 'admin', false)", &[R, X]),
     ("SELECT lo_import('/etc/passwd')", &[R, X]),
-    ("SELECT * FROM dblink('host=x', 'select 1') AS t(a int)", &[R, X]),
-    ("SELECT query_to_xml('select * from secret', true, true, '')", &[R, X]),
-    ("SELECT pg_terminate_backend(pid) FROM pg_stat_activity", &[R, X]),
-    ("WITH x AS (SELECT pg_read_file('/etc/passwd') AS f) SELECT * FROM x", &[R, X]),
-    ("SELECT (SELECT max(pg_read_file(name)) FROM files)", &[R, X]),
-    ("INSERT INTO t VALUES (pg_read_file('/etc/passwd'))", &[W, X]),
-    ("EXPLAIN ANALYZE SELECT pg_read_file('/etc/passwd')", &[R, X]),
+    (
+        "SELECT * FROM dblink('host=x', 'select 1') AS t(a int)",
+        &[R, X],
+    ),
+    (
+        "SELECT query_to_xml('select * from secret', true, true, '')",
+        &[R, X],
+    ),
+    (
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity",
+        &[R, X],
+    ),
+    (
+        "WITH x AS (SELECT pg_read_file('/etc/passwd') AS f) SELECT * FROM x",
+        &[R, X],
+    ),
+    (
+        "SELECT (SELECT max(pg_read_file(name)) FROM files)",
+        &[R, X],
+    ),
+    (
+        "INSERT INTO t VALUES (pg_read_file('/etc/passwd'))",
+        &[W, X],
+    ),
+    (
+        "EXPLAIN ANALYZE SELECT pg_read_file('/etc/passwd')",
+        &[R, X],
+    ),
     // multi-statement texts: the union
     ("BEGIN; INSERT INTO t VALUES (1); COMMIT", &[T, W]),
     ("SELECT 1; SET ROLE admin", &[R, X]),
@@ -192,7 +265,9 @@ fn classifies_statements() {
         let expected = set(expected);
         match classes_of(sql) {
             Ok(classes) if classes == expected => {}
-            Ok(classes) => failures.push(format!("{sql}\n    got {classes:?}, expected {expected:?}")),
+            Ok(classes) => {
+                failures.push(format!("{sql}\n    got {classes:?}, expected {expected:?}"))
+            }
             Err(why) => failures.push(format!("{sql}\n    not classified: {why}")),
         }
     }
@@ -216,14 +291,25 @@ fn statement_kinds_name_the_statement() {
     };
     assert_eq!(kinds("INSERT INTO t VALUES (1)"), ["INSERT"]);
     assert_eq!(kinds("EXPLAIN ANALYZE DELETE FROM t"), ["EXPLAIN"]);
-    assert_eq!(kinds("begin; select 1; commit"), ["BEGIN", "SELECT", "COMMIT"]);
+    assert_eq!(
+        kinds("begin; select 1; commit"),
+        ["BEGIN", "SELECT", "COMMIT"]
+    );
     assert_eq!(kinds("CREATE TABLE t2 AS SELECT 1"), ["CREATE TABLE AS"]);
     assert_eq!(kinds("COPY t TO PROGRAM 'x'"), ["COPY"]);
 }
 
 #[test]
 fn empty_and_comment_only_texts_are_empty() {
-    for sql in ["", ";", "  ;; ", "\n\t", "-- just a comment", "/* c */", "/* a /* nested */ c */;"] {
+    for sql in [
+        "",
+        ";",
+        "  ;; ",
+        "\n\t",
+        "-- just a comment",
+        "/* c */",
+        "/* a /* nested */ c */;",
+    ] {
         assert!(
             matches!(analyze(sql).outcome, Outcome::Empty),
             "{sql:?} should be empty"
@@ -234,7 +320,9 @@ fn empty_and_comment_only_texts_are_empty() {
 #[test]
 fn statements_are_re_serialized_and_joined() {
     match analyze("select  1 ;  -- comment\n select 'a''b' /* c */ ; ").outcome {
-        Outcome::Statements { sql, statements, .. } => {
+        Outcome::Statements {
+            sql, statements, ..
+        } => {
             assert_eq!(&*sql, "SELECT 1; SELECT 'a''b'");
             assert_eq!(statements.len(), 2);
         }
@@ -263,6 +351,8 @@ fn unparsable_texts_are_refused_with_the_parser_error() {
         "CLUSTER t USING i",
         "REINDEX TABLE t",
         "VACUUM ANALYZE t",
+        "TABLE t",
+        "copy pgbench_accounts from stdin with (freeze on)",
         "SELECT 'unterminated",
     ] {
         match analyze(sql).outcome {
@@ -344,15 +434,117 @@ fn other_deep_nesting_never_overflows_the_stack() {
 }
 
 #[test]
-fn long_flat_statements_still_parse() {
-    let terms = vec!["a = 1"; 5_000].join(" AND ");
-    assert_eq!(classes_of(&format!("SELECT * FROM t WHERE {terms}")), Ok(set(&[R])));
-    let list = (0..10_000).map(|i| i.to_string()).collect::<Vec<_>>().join(", ");
-    assert_eq!(classes_of(&format!("SELECT * FROM t WHERE a IN ({list})")), Ok(set(&[R])));
-    let unions = vec!["SELECT 1"; 2_000].join(" UNION ALL ");
-    assert_eq!(classes_of(&unions), Ok(set(&[R])));
-    let many = vec!["SELECT 1"; 2_000].join("; ");
+fn long_lists_are_flat_and_accepted() {
+    let list = (0..10_000)
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    assert_eq!(
+        classes_of(&format!("SELECT * FROM t WHERE a IN ({list})")),
+        Ok(set(&[R]))
+    );
+    let rows = vec!["($1 + 1, $2 || 'x', now())"; 2_000].join(", ");
+    assert_eq!(
+        classes_of(&format!("INSERT INTO t VALUES {rows}")),
+        Ok(set(&[W]))
+    );
+    let columns = vec!["a || b AS c"; 2_000].join(", ");
+    assert_eq!(
+        classes_of(&format!("SELECT {columns} FROM t")),
+        Ok(set(&[R]))
+    );
+    let whens = (0..1_000)
+        .map(|i| format!("WHEN {i} THEN 'v{i}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert_eq!(
+        classes_of(&format!(
+            "UPDATE t SET v = CASE id {whens} END WHERE id < 1000"
+        )),
+        Ok(set(&[W]))
+    );
+    let many = vec!["SELECT 1 + 1 + 1"; 2_000].join("; ");
     assert_eq!(classes_of(&many), Ok(set(&[R])));
+}
+
+/// Chains of `count` links of `link` after `head`.
+fn chain(head: &str, link: &str, count: usize) -> String {
+    format!("{head}{}", link.repeat(count))
+}
+
+#[test]
+fn operator_chains_up_to_the_limit_are_analysed() {
+    // Each text's bound is exactly at the limit: parsed, classified, re-serialized and
+    // compared (the comparison is the deepest recursion), all on this thread's stack.
+    let max = nesting::MAX_OPERATOR_NESTING;
+    let texts = [
+        chain("SELECT 1", " + 1", max),
+        chain("SELECT a FROM t WHERE true", " AND true", max),
+        chain("SELECT a FROM t WHERE a", " OR a = 1", max / 2),
+        chain("SELECT 'a'", " || 'a'", max),
+        chain("SELECT 1", "::int", max),
+        chain("SELECT 1", " UNION SELECT 1", max),
+        chain("SELECT a", "[1]", max),
+        chain("SELECT j", " -> 'k'", max),
+        format!(
+            "SELECT {}1{}",
+            "(1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + ".repeat(max / 10),
+            ")".repeat(max / 10)
+        ),
+        // As deep as the recursion limit allows, with the whole chain at the bottom.
+        format!(
+            "SELECT {}{}{}",
+            "(SELECT ".repeat(19),
+            chain("1", " + 1", max),
+            ")".repeat(19)
+        ),
+        format!(
+            "SELECT {}{}{}",
+            "(".repeat(45),
+            chain("1", " + 1", max),
+            ")".repeat(45)
+        ),
+    ];
+    for sql in &texts {
+        match analyze(sql).outcome {
+            Outcome::Statements { .. } => {}
+            other => panic!("{}...: {other:?}", &sql[..40]),
+        }
+    }
+}
+
+#[test]
+fn operator_chains_over_the_limit_are_refused_before_parsing() {
+    let max = nesting::MAX_OPERATOR_NESTING;
+    let texts = [
+        chain("SELECT 1", " + 1", max + 1),
+        chain("SELECT 1", " + 1", 500_000),
+        chain("SELECT * FROM t WHERE true", " AND true", 100_000),
+        chain("SELECT * FROM t WHERE a = 1", " OR a = 1", max),
+        chain("SELECT 'a'", " || 'a'", 100_000),
+        chain("SELECT 1", "::int", 100_000),
+        chain("SELECT 1", " UNION SELECT 1", 50_000),
+        chain("SELECT 1, 2", " EXCEPT SELECT 1, 2", 50_000),
+        chain("SELECT a", "[1]", 100_000),
+        chain("SELECT j", " -> 'k'", 100_000),
+        chain("SELECT 1", " IS NOT NULL", 100_000),
+        chain("SELECT 'a'", " COLLATE \"C\"", 100_000),
+        chain("SELECT now()", " AT TIME ZONE 'UTC'", 100_000),
+        chain("SELECT 1", " OPERATOR(pg_catalog.+) 1", 100_000),
+        format!(
+            "SELECT {}1{}",
+            "(1 + 1 + 1 + 1 + ".repeat(1_000),
+            ")".repeat(1_000)
+        ),
+    ];
+    for sql in &texts {
+        assert_eq!(
+            analyze(sql).outcome_refusal(),
+            Some(Refusal::TooComplex),
+            "{}...",
+            &sql[..40]
+        );
+    }
 }
 
 #[test]

@@ -111,7 +111,7 @@ impl Engine {
                 passthrough: true,
             },
             Outcome::Refused(refusal) => deny(
-                sqlstate::SYNTAX_ERROR,
+                refusal.sqlstate(),
                 format!("portcullis: statement refused because {refusal}; rule: parse"),
                 "parse",
             ),
@@ -282,11 +282,11 @@ fn deny_class(grant: &Grant<'_>, statement: &AnalyzedStatement, effect: &Effect)
         roles.push_str(&format!("{role:?}"));
         rule.push_str(&format!("roles.{role}.allow"));
     }
-    // "(INSERT)", or where the refused part is nested: "(DELETE in EXPLAIN)".
-    let what = if effect.what == What::Statement(statement.kind) {
-        statement.kind.to_string()
-    } else {
-        format!("{} in {}", effect.what, statement.kind)
+    // "(INSERT)", "(COPY ... PROGRAM)", or where the refused part is nested in another
+    // statement: "(DELETE in EXPLAIN)", "(function pg_read_file in SELECT)".
+    let what = match effect.what {
+        What::Statement(part) if part.starts_with(statement.kind) => part.to_string(),
+        part => format!("{part} in {}", statement.kind),
     };
     deny(
         sqlstate::INSUFFICIENT_PRIVILEGE,
@@ -297,3 +297,6 @@ fn deny_class(grant: &Grant<'_>, statement: &AnalyzedStatement, effect: &Effect)
         &rule,
     )
 }
+
+#[cfg(test)]
+mod tests;
