@@ -92,7 +92,7 @@ impl Server {
         let tls = config.tls.clone().map(ReloadableTls::new).transpose()?;
         let users = UserStore::load(&config.auth.users_file)?;
         let policy = Policy::compile(&config.policy).map_err(|e| ServerError::Policy(e.to_string()))?;
-        let engine = Engine::new(config.policy.cache_entries);
+        let engine = Engine::with_limits(config.policy.cache_entries, config.policy.cache_max_bytes);
         let connector = Arc::new(Connector::new(&config.upstream)?);
         let listener = TcpListener::bind(config.listen.address)
             .await

@@ -269,7 +269,7 @@ impl Frontend<'_> {
             Decision::Deny(denial) => {
                 let outcome = match denial.sqlstate {
                     "42601" => "parse_error",
-                    "54000" => "too_large",
+                    "54000" | "54001" => "too_large",
                     _ => "denied",
                 };
                 self.shared.metrics.statement(outcome);
@@ -280,12 +280,7 @@ impl Frontend<'_> {
                     policy_version = policy.version(),
                     "statement denied"
                 );
-                let code = match denial.sqlstate {
-                    "42601" => sqlstate::SYNTAX_ERROR,
-                    "54000" => sqlstate::PROGRAM_LIMIT_EXCEEDED,
-                    _ => sqlstate::INSUFFICIENT_PRIVILEGE,
-                };
-                Err(PgError::error(code, denial.message))
+                Err(PgError::error(denial.sqlstate, denial.message))
             }
         }
     }

@@ -46,6 +46,27 @@ const ALLOWED_SETTINGS: &[&str] = &[
     "work_mem",
 ];
 
+/// Settings whose value changes how the server reads SQL text. The proxy checks the
+/// text as UTF-8 with standard-conforming strings; any other reading could make the
+/// server see a statement the proxy did not.
+fn check_lexical_setting(name: &str, value: &str) -> Result<(), SessionError> {
+    let value = value.trim().trim_matches('\'').to_ascii_lowercase();
+    let ok = match name {
+        // SQL_ASCII passes bytes unconverted and the server checks them as UTF-8: the same reading.
+        "client_encoding" => matches!(value.as_str(), "utf8" | "utf-8" | "unicode" | "sql_ascii"),
+        "standard_conforming_strings" => matches!(value.as_str(), "on" | "true" | "yes" | "1"),
+        _ => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(SessionError::Client(PgError::fatal(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!("portcullis: {name} = {value} is not supported; the proxy requires UTF8 and standard_conforming_strings = on"),
+        )))
+    }
+}
+
 /// Parameters that identify the session rather than configure it.
 const IDENTITY_PARAMS: &[&str] = &["user", "database"];
 
@@ -81,6 +102,7 @@ pub fn upstream_params(params: &StartupParams) -> Result<BTreeMap<String, String
                 "portcullis: startup parameter \"{name}\" is not allowed through the proxy"
             )));
         }
+        check_lexical_setting(&lower, value)?;
         out.insert(name.clone(), value.clone());
     }
     Ok(out)
@@ -102,7 +124,8 @@ fn check_options(options: &str) -> Result<(), SessionError> {
                 "portcullis: startup option \"{word}\" is not allowed through the proxy"
             )));
         };
-        let name = setting.split('=').next().unwrap_or_default().replace('-', "_").to_ascii_lowercase();
+        let (name, value) = setting.split_once('=').unwrap_or((setting, ""));
+        let name = name.replace('-', "_").to_ascii_lowercase();
         // A backslash escapes whitespace inside a value; refuse rather than
         // reimplement PostgreSQL's option splitting.
         if setting.contains('\\') || !ALLOWED_SETTINGS.contains(&name.as_str()) {
@@ -110,6 +133,7 @@ fn check_options(options: &str) -> Result<(), SessionError> {
                 "portcullis: setting \"{name}\" in startup options is not allowed through the proxy"
             )));
         }
+        check_lexical_setting(&name, value)?;
     }
     Ok(())
 }
@@ -186,6 +210,10 @@ mod tests {
             vec![("options", "-c search_path=x\\ -c\\ role=postgres")],
             vec![("options", "-D /tmp")],
             vec![("replication", "database")],
+            vec![("client_encoding", "LATIN1")],
+            vec![("standard_conforming_strings", "off")],
+            vec![("options", "-c standard_conforming_strings=off")],
+            vec![("options", "-c client_encoding=SJIS")],
         ] {
             assert!(upstream_params(&params(&bad)).is_err(), "{bad:?}");
         }
