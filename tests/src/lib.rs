@@ -627,3 +627,21 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Installs (once per process) a panic hook that counts panics on every thread, then
+/// returns the count so far. The proxy runs in the test process, and a panic in a
+/// spawned session task fails nothing by itself; a test calls this at its start and
+/// asserts at its end that the count did not change.
+pub fn panics_so_far() -> usize {
+    use std::sync::atomic::AtomicUsize;
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            COUNT.fetch_add(1, Ordering::SeqCst);
+            previous(info);
+        }));
+    });
+    COUNT.load(Ordering::SeqCst)
+}

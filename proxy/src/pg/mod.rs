@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod frame;
+pub mod messages;
 pub mod scan;
 pub mod startup;
 

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
-use pgwire::messages::startup::{Authentication, NegotiateProtocolVersion, PasswordMessageFamily};
-use pgwire::messages::{DecodeContext, Message, ProtocolVersion};
+use pgwire::messages::Message;
+use pgwire::messages::startup::{Authentication, NegotiateProtocolVersion};
 use portcullis_policy::Identity;
 use time::OffsetDateTime;
 use tokio::io::AsyncWriteExt;
@@ -18,7 +18,8 @@ use crate::auth::scram::{ScramError, ScramServer, try_tls_server_end_point};
 use crate::metrics::Kind;
 use crate::pg::error::sqlstate;
 use crate::pg::startup::StartupParams;
-use crate::pg::{Framer, PgError};
+use crate::pg::messages::sasl;
+use crate::pg::{Framer, PgError, RawMessage};
 use crate::server::Shared;
 use crate::stream::Stream;
 
@@ -80,19 +81,13 @@ pub async fn authenticate(
     let mut framer = Framer::new(MAX_SASL_MESSAGE);
     send(client, Authentication::SASL(scram.mechanisms().iter().map(|m| (*m).to_owned()).collect())).await?;
 
-    let initial = read_password_message(client, &mut framer)
-        .await?
-        .into_sasl_initial_response()
-        .map_err(|e| protocol(format!("expected SASLInitialResponse: {e}")))?;
-    let data = initial.data.unwrap_or_default();
-    let server_first = scram.client_first(&initial.auth_method, &data).map_err(scram_failed)?;
+    let initial_msg = read_password_message(client, &mut framer).await?;
+    let initial = sasl::decode_initial(initial_msg.body()).map_err(|e| protocol(e.to_string()))?;
+    let server_first = scram.client_first(initial.mechanism, initial.data).map_err(scram_failed)?;
     send(client, Authentication::SASLContinue(Bytes::from(server_first))).await?;
 
-    let response = read_password_message(client, &mut framer)
-        .await?
-        .into_sasl_response()
-        .map_err(|e| protocol(format!("expected SASLResponse: {e}")))?;
-    let server_final = scram.client_final(&response.data).map_err(scram_failed)?;
+    let response = read_password_message(client, &mut framer).await?;
+    let server_final = scram.client_final(sasl::decode_response(response.body())).map_err(scram_failed)?;
 
     // The password was right; only now may the client learn about the account's state.
     let record = record.ok_or_else(|| failed("unknown_user", "no record".into()))?;
@@ -160,7 +155,7 @@ async fn send(client: &mut Stream, auth: Authentication) -> Result<(), SessionEr
     Ok(())
 }
 
-async fn read_password_message(client: &mut Stream, framer: &mut Framer) -> Result<PasswordMessageFamily, SessionError> {
+async fn read_password_message(client: &mut Stream, framer: &mut Framer) -> Result<RawMessage, SessionError> {
     let msg = framer
         .next(client)
         .await?
@@ -171,8 +166,5 @@ async fn read_password_message(client: &mut Stream, framer: &mut Framer) -> Resu
             char::from(msg.tag)
         )));
     }
-    let mut raw = msg.raw;
-    PasswordMessageFamily::decode(&mut raw, &DecodeContext::new(ProtocolVersion::PROTOCOL3_0))
-        .map_err(|e| protocol(format!("invalid password message: {e}")))?
-        .ok_or_else(|| protocol("truncated password message".into()))
+    Ok(msg)
 }

@@ -44,6 +44,9 @@ fn startup_error(e: StartupError) -> SessionError {
     match e {
         StartupError::Closed => SessionError::Silent("client closed the connection during startup".into()),
         StartupError::Io(e) => SessionError::Silent(e.to_string()),
+        e @ StartupError::UnsupportedProtocol { .. } => {
+            SessionError::Client(PgError::fatal(sqlstate::FEATURE_NOT_SUPPORTED, e.to_string()))
+        }
         other => SessionError::Client(PgError::fatal(sqlstate::PROTOCOL_VIOLATION, other.to_string())),
     }
 }
@@ -66,7 +69,14 @@ pub async fn negotiate(shared: &Shared, tcp: TcpStream) -> Result<Option<Negotia
     let mut plain = Stream::Plain(tcp);
     let mut gss_declined = false;
     loop {
-        let packet = read_first_packet(&mut plain).await.map_err(|e| (None, startup_error(e)))?;
+        let packet = match read_first_packet(&mut plain).await {
+            Ok(packet) => packet,
+            // Not a PostgreSQL client (or gone): PostgreSQL answers nothing either.
+            Err(e @ (StartupError::InvalidLength(_) | StartupError::Closed | StartupError::Io(_))) => {
+                return Err((None, startup_error(e)));
+            }
+            Err(e) => return Err((Some(plain), startup_error(e))),
+        };
         match packet {
             FirstPacket::SslRequest => {
                 let Stream::Plain(mut tcp) = plain else {

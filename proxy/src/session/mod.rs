@@ -65,7 +65,7 @@ impl From<std::io::Error> for SessionError {
 pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
     let span = info_span!("session", %peer, user = tracing::field::Empty);
     async move {
-        shared.metrics.active_sessions.inc();
+        let _active = ActiveSession::new(&shared.metrics);
         let _ = tcp.set_nodelay(true);
         let (mut client, result) = establish_and_relay(&shared, tcp, peer).await;
         if let Err(err) = result {
@@ -74,7 +74,6 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
         if let Some(client) = client.as_mut() {
             let _ = client.shutdown().await;
         }
-        shared.metrics.active_sessions.dec();
     }
     .instrument(span)
     .await;
@@ -116,7 +115,7 @@ async fn establish_and_relay(
         Err(e) => return (Some(client), Err(e)),
     };
     let (upstream, cancel_target) = upstream;
-    let registration = shared.cancels.register(cancel_target);
+    let registration = shared.cancels.register(cancel_target.clone());
     info!(upstream_pid = upstream.backend_key.0, "session established");
 
     let mut greeting = BytesMut::new();
@@ -128,9 +127,26 @@ async fn establish_and_relay(
         return (Some(client), Err(e.into()));
     }
 
-    let result = relay::relay(shared, &mut client, upstream, &identity).await;
+    let result = relay::relay(shared, &mut client, upstream, &identity, &cancel_target).await;
     drop(registration);
     (Some(client), result)
+}
+
+/// Counts the session in `active_sessions` for exactly as long as it lives, however
+/// it ends.
+struct ActiveSession<'a>(&'a crate::metrics::Metrics);
+
+impl<'a> ActiveSession<'a> {
+    fn new(metrics: &'a crate::metrics::Metrics) -> Self {
+        metrics.active_sessions.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for ActiveSession<'_> {
+    fn drop(&mut self) {
+        self.0.active_sessions.dec();
+    }
 }
 
 /// Logs the error and tells the client what it may know.

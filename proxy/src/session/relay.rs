@@ -20,9 +20,6 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use parking_lot::Mutex;
-use pgwire::messages::extendedquery::Parse;
-use pgwire::messages::simplequery::Query;
-use pgwire::messages::{DecodeContext, Message, ProtocolVersion};
 use portcullis_policy::{Decision, Identity};
 use rand::RngExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -32,10 +29,11 @@ use super::SessionError;
 use super::auth::Authenticated;
 use crate::pg::error::sqlstate;
 use crate::pg::scan::{BackendScanner, Piece};
+use crate::pg::messages::{self, DecodeError};
 use crate::pg::{Framer, PgError, RawMessage};
 use crate::server::Shared;
 use crate::stream::Stream;
-use crate::upstream::Upstream;
+use crate::upstream::{CancelTarget, Upstream};
 
 /// Denials waiting for their poison error; a client that pipelines more than this
 /// many denied statements without reading is cut off.
@@ -47,8 +45,10 @@ const UPSTREAM_READ: usize = 64 * 1024;
 
 /// Why the relay stopped.
 enum End {
-    /// The client said Terminate or closed between messages.
+    /// The client said Terminate.
     ClientDone,
+    /// The client closed the connection without Terminate.
+    ClientGone,
     /// The server closed the connection.
     ServerClosed,
     /// Graceful shutdown reached an idle point.
@@ -92,6 +92,7 @@ pub async fn relay(
     client: &mut Stream,
     upstream: Upstream,
     auth: &Authenticated,
+    cancel: &CancelTarget,
 ) -> Result<(), SessionError> {
     let Upstream { stream: upstream_stream, leftover, .. } = upstream;
     let marker = format!("portcullis_denied_{:016x}", rand::rng().random::<u64>());
@@ -124,12 +125,24 @@ pub async fn relay(
         r = back.run(&mut up_rd, &mut client_wr) => r,
         () = shared.kill.cancelled() => Ok(End::Drained),
     };
+    // A statement still running upstream would go on after the client is gone (the
+    // server does not read its socket while executing): cancel it, unless the client
+    // itself ended cleanly.
+    let busy = !state.lock().idle();
+    if busy && !matches!(end, Ok(End::ClientDone)) {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            if let Err(e) = cancel.cancel().await {
+                info!(error = %e, "could not cancel the abandoned statement");
+            }
+        });
+    }
     // Whatever happened, the upstream session ends with the client's.
     let _ = up_wr.write_all(&[b'X', 0, 0, 0, 4]).await;
     let _ = up_wr.shutdown().await;
     let client = client_rd.unsplit(client_wr);
     match end {
-        Ok(End::ClientDone) => Ok(()),
+        Ok(End::ClientDone | End::ClientGone) => Ok(()),
         Ok(End::Drained) => {
             let e = PgError::fatal(sqlstate::ADMIN_SHUTDOWN, "terminating connection due to administrator command");
             let _ = client.write_all(&e.to_bytes()).await;
@@ -175,7 +188,7 @@ impl Frontend<'_> {
                     continue;
                 }
             };
-            let Some(msg) = next else { return Ok(End::ClientDone) };
+            let Some(msg) = next else { return Ok(End::ClientGone) };
             if self.handle(msg)? {
                 upstream.write_all(&self.out).await?;
                 return Ok(End::ClientDone);
@@ -197,26 +210,37 @@ impl Frontend<'_> {
         match msg.tag {
             b'Q' => {
                 self.begin();
-                let sql = decode_query(msg.raw)?;
-                match self.decide(&sql) {
-                    Ok(forward) => encode(&Query::new(forward), &mut self.out)?,
-                    Err(denial) => {
-                        let poison = Query::new(self.marker.to_owned());
-                        self.deny(denial, |out| encode(&poison, out))?;
+                match messages::query::decode(msg.body()) {
+                    Ok(sql) => match self.decide(sql) {
+                        Ok(forward) => messages::query::encode(&forward, &mut self.out),
+                        Err(denial) => self.deny_query(denial)?,
+                    },
+                    Err(DecodeError::Malformed(what)) => return Err(malformed(what)),
+                    Err(e @ DecodeError::InvalidUtf8(_)) => {
+                        self.shared.metrics.statement("invalid_encoding");
+                        self.deny_query(PgError::error(sqlstate::CHARACTER_NOT_IN_REPERTOIRE, e.to_string()))?;
                     }
                 }
                 self.end_batch();
             }
             b'P' => {
                 self.begin();
-                let parse = decode_parse(msg.raw)?;
-                match self.decide(&parse.query) {
-                    Ok(forward) => {
-                        encode(&Parse::new(parse.name, forward, parse.type_oids), &mut self.out)?;
-                    }
-                    Err(denial) => {
-                        let poison = Parse::new(parse.name, self.marker.to_owned(), Vec::new());
-                        self.deny(denial, |out| encode(&poison, out))?;
+                match messages::parse::decode(msg.body()) {
+                    Ok(parse) => match self.decide(parse.query) {
+                        Ok(forward) => messages::parse::encode(&parse, &forward, &mut self.out),
+                        Err(denial) => {
+                            let poison = messages::parse::Parse { query: "", ..parse };
+                            let marker = self.marker;
+                            self.deny(denial, |out| messages::parse::encode(&poison, marker, out))?;
+                        }
+                    },
+                    Err(DecodeError::Malformed(what)) => return Err(malformed(what)),
+                    Err(e @ DecodeError::InvalidUtf8(_)) => {
+                        self.shared.metrics.statement("invalid_encoding");
+                        let poison = messages::parse::Parse { name: "", query: "", type_oids: &[], type_count: 0 };
+                        let marker = self.marker;
+                        let denial = PgError::error(sqlstate::CHARACTER_NOT_IN_REPERTOIRE, e.to_string());
+                        self.deny(denial, |out| messages::parse::encode(&poison, marker, out))?;
                     }
                 }
             }
@@ -234,8 +258,7 @@ impl Frontend<'_> {
                     "portcullis: fast-path function calls are not allowed",
                 );
                 self.shared.metrics.statement("denied");
-                let poison = Query::new(self.marker.to_owned());
-                self.deny(denial, |out| encode(&poison, out))?;
+                self.deny_query(denial)?;
                 self.end_batch();
             }
             b'X' => {
@@ -259,12 +282,12 @@ impl Frontend<'_> {
     }
 
     /// Asks the policy; `Ok(sql to forward)` or `Err(error for the client)`.
-    fn decide(&self, sql: &str) -> Result<String, PgError> {
+    fn decide(&self, sql: &str) -> Result<Arc<str>, PgError> {
         let policy = self.shared.policy.load();
         match self.shared.engine.check(&policy, self.identity, sql) {
             Decision::Allow { sql, passthrough, .. } => {
                 self.shared.metrics.statement(if passthrough { "passthrough" } else { "allowed" });
-                Ok(sql.to_string())
+                Ok(sql)
             }
             Decision::Deny(denial) => {
                 let outcome = match denial.sqlstate {
@@ -285,11 +308,13 @@ impl Frontend<'_> {
         }
     }
 
-    fn deny(
-        &mut self,
-        denial: PgError,
-        poison: impl FnOnce(&mut BytesMut) -> Result<(), SessionError>,
-    ) -> Result<(), SessionError> {
+    /// Denies a simple-protocol statement: a failing Query goes upstream in its place.
+    fn deny_query(&mut self, denial: PgError) -> Result<(), SessionError> {
+        let marker = self.marker;
+        self.deny(denial, |out| messages::query::encode(marker, out))
+    }
+
+    fn deny(&mut self, denial: PgError, poison: impl FnOnce(&mut BytesMut)) -> Result<(), SessionError> {
         let mut st = self.state.lock();
         if st.denials.len() >= MAX_PENDING_DENIALS {
             return Err(SessionError::Client(PgError::fatal(
@@ -303,7 +328,8 @@ impl Frontend<'_> {
             error: denial.to_bytes(),
         });
         drop(st);
-        poison(&mut self.out)
+        poison(&mut self.out);
+        Ok(())
     }
 
     fn begin(&mut self) {
@@ -412,39 +438,9 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-fn ctx() -> DecodeContext {
-    let mut ctx = DecodeContext::new(ProtocolVersion::PROTOCOL3_0);
-    ctx.awaiting_frontend_ssl = false;
-    ctx.awaiting_frontend_startup = false;
-    ctx
-}
-
 fn malformed(what: &str) -> SessionError {
     SessionError::Client(PgError::fatal(
         sqlstate::PROTOCOL_VIOLATION,
         format!("portcullis: malformed {what} message"),
     ))
-}
-
-fn decode_query(mut raw: BytesMut) -> Result<String, SessionError> {
-    match Query::decode(&mut raw, &ctx()) {
-        Ok(Some(q)) => Ok(q.query),
-        _ => Err(malformed("Query")),
-    }
-}
-
-fn decode_parse(mut raw: BytesMut) -> Result<Parse, SessionError> {
-    match Parse::decode(&mut raw, &ctx()) {
-        Ok(Some(p)) => Ok(p),
-        _ => Err(malformed("Parse")),
-    }
-}
-
-fn encode<M: Message>(msg: &M, out: &mut BytesMut) -> Result<(), SessionError> {
-    msg.encode(out).map_err(|e| {
-        SessionError::Client(PgError::error(
-            sqlstate::PROGRAM_LIMIT_EXCEEDED,
-            format!("portcullis: could not encode message: {e}"),
-        ))
-    })
 }
