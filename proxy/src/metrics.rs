@@ -142,7 +142,7 @@ pub async fn serve(
                 let metrics = Arc::clone(&metrics);
                 let refresh = Arc::clone(&refresh);
                 async move {
-                    let response = if req.uri().path() == "/metrics" {
+                    if req.uri().path() == "/metrics" {
                         refresh();
                         Response::builder()
                             .header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
@@ -151,8 +151,7 @@ pub async fn serve(
                         Response::builder()
                             .status(StatusCode::NOT_FOUND)
                             .body(Full::new(Bytes::from_static(b"not found\n")))
-                    };
-                    response
+                    }
                 }
             });
             let _ = http1::Builder::new()
