@@ -1,0 +1,532 @@
+#!/usr/bin/env bash
+# Portcullis vs. pgbouncer vs. direct PostgreSQL: pgbench -S over TLS, interleaved.
+#
+# Usage: bench/run.sh            (full run: DURATION=10 ROUNDS=3, about 14 minutes)
+#        QUICK=1 bench/run.sh    (smoke run: DURATION=3 ROUNDS=1)
+#
+# Knobs (environment):
+#   DURATION=10        seconds per pgbench run
+#   ROUNDS=3           rounds per (mode, clients); the table shows medians over rounds
+#   CLIENTS="1 8 32"   client counts (space- or comma-separated)
+#   MODES="simple extended prepared"   pgbench -M protocol modes
+#   SCALE=10           pgbench -i scale factor
+#   WARMUP=5           seconds of an unrecorded pgbench -S run against PostgreSQL first (0: none)
+#   QUICK=1            DURATION=3 ROUNDS=1 (explicit DURATION/ROUNDS still win)
+#   PORTCULLIS_BIN     proxy binary (default ${CARGO_TARGET_DIR:-target}/release/portcullis;
+#                      built with `cargo build --release -p portcullis` when missing)
+#   PG_BINDIR          PostgreSQL server binaries (default /usr/lib/postgresql/15/bin)
+#   PGBOUNCER_BIN      pgbouncer (default: on PATH or /usr/sbin; apt-get installed when root)
+#   RESULTS_DIR        where the CSV files go (default bench/results)
+#   KEEP_TMP=1         keep the temporary directory (configs, server logs) on exit
+#
+# Everything runs on 127.0.0.1 on free ports in a temporary directory that is removed on exit
+# (also on Ctrl-C). The machine's own PostgreSQL is not touched.
+
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+
+if [[ "${QUICK:-0}" == 1 ]]; then
+    DURATION="${DURATION:-3}"
+    ROUNDS="${ROUNDS:-1}"
+fi
+DURATION="${DURATION:-10}"
+ROUNDS="${ROUNDS:-3}"
+CLIENTS="$(echo "${CLIENTS:-1 8 32}" | tr ',' ' ')"
+MODES="$(echo "${MODES:-simple extended prepared}" | tr ',' ' ')"
+SCALE="${SCALE:-10}"
+WARMUP="${WARMUP:-5}"
+PG_BINDIR="${PG_BINDIR:-/usr/lib/postgresql/15/bin}"
+PORTCULLIS_BIN="${PORTCULLIS_BIN:-${CARGO_TARGET_DIR:-target}/release/portcullis}"
+RESULTS_DIR="${RESULTS_DIR:-$REPO/bench/results}"
+TARGETS=(direct portcullis pgbouncer)
+CLK_TCK="$(getconf CLK_TCK)"
+
+for m in $MODES; do
+    case "$m" in simple | extended | prepared) ;; *) echo "MODES: unknown pgbench mode '$m'" >&2; exit 2 ;; esac
+done
+for n in $CLIENTS $DURATION $ROUNDS $SCALE $WARMUP; do
+    [[ "$n" =~ ^[0-9]+$ ]] || { echo "not a number: '$n' (CLIENTS, DURATION, ROUNDS, SCALE, WARMUP)" >&2; exit 2; }
+done
+
+# Connection settings from the caller's environment must not leak into our pgbench/psql runs.
+unset PGHOST PGHOSTADDR PGPORT PGUSER PGDATABASE PGPASSWORD PGPASSFILE PGSERVICE PGSERVICEFILE \
+    PGSSLMODE PGSSLCERT PGSSLKEY PGSSLROOTCERT PGCHANNELBINDING PGOPTIONS PGAPPNAME || true
+
+log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+IS_ROOT=0
+[[ "$(id -u)" == 0 ]] && IS_ROOT=1
+# initdb, postgres and pgbouncer refuse to run as root: run them as the postgres OS user.
+as_pg() {
+    if ((IS_ROOT)); then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# ---------------------------------------------------------------- cleanup
+TMP=""
+PG_STARTED=0
+PORTCULLIS_PID=""
+PGBOUNCER_PID=""
+PGBENCH_PID=""
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    [[ -n "$PGBENCH_PID" ]] && kill "$PGBENCH_PID" 2>/dev/null || true
+    if [[ -n "$PORTCULLIS_PID" ]] && kill -0 "$PORTCULLIS_PID" 2>/dev/null; then
+        kill -TERM "$PORTCULLIS_PID" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$PORTCULLIS_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$PORTCULLIS_PID" 2>/dev/null || true
+    fi
+    if [[ -n "$PGBOUNCER_PID" ]] && kill -0 "$PGBOUNCER_PID" 2>/dev/null; then
+        kill -INT "$PGBOUNCER_PID" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$PGBOUNCER_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$PGBOUNCER_PID" 2>/dev/null || true
+    fi
+    if ((PG_STARTED)); then
+        as_pg "$PG_BINDIR/pg_ctl" stop -s -w -t 30 -m immediate -D "$TMP/pg/data" >/dev/null 2>&1 || true
+    fi
+    if [[ -n "$TMP" && -d "$TMP" ]]; then
+        if [[ "${KEEP_TMP:-0}" == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'log "failed: line $LINENO: $BASH_COMMAND"' ERR
+trap 'log "interrupted"; exit 130' INT
+trap 'log "terminated"; exit 143' TERM
+
+# ---------------------------------------------------------------- prerequisites
+for p in initdb pg_ctl postgres; do
+    [[ -x "$PG_BINDIR/$p" ]] || die "$PG_BINDIR/$p not found (apt-get install postgresql-15, or set PG_BINDIR)"
+done
+for p in pgbench psql openssl ss; do
+    command -v "$p" >/dev/null || die "$p not found on PATH"
+done
+if ((IS_ROOT)); then
+    getent passwd postgres >/dev/null || die "running as root but there is no 'postgres' OS user to run PostgreSQL and pgbouncer as"
+fi
+
+PGBOUNCER_BIN="${PGBOUNCER_BIN:-$(command -v pgbouncer || true)}"
+[[ -z "$PGBOUNCER_BIN" && -x /usr/sbin/pgbouncer ]] && PGBOUNCER_BIN=/usr/sbin/pgbouncer
+if [[ -z "$PGBOUNCER_BIN" ]]; then
+    ((IS_ROOT)) || die "pgbouncer not found; install it (Debian: apt-get install pgbouncer) or set PGBOUNCER_BIN"
+    log "pgbouncer not found; apt-get install -y pgbouncer"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y pgbouncer >/dev/null || die "apt-get install pgbouncer failed"
+    PGBOUNCER_BIN=/usr/sbin/pgbouncer
+fi
+
+if [[ ! -x "$PORTCULLIS_BIN" ]]; then
+    log "$PORTCULLIS_BIN not found; cargo build --release -p portcullis"
+    cargo build --release -p portcullis
+    [[ -x "$PORTCULLIS_BIN" ]] || die "cargo build did not produce $PORTCULLIS_BIN (set PORTCULLIS_BIN)"
+fi
+PORTCULLIS_BIN="$(cd "$(dirname "$PORTCULLIS_BIN")" && pwd)/$(basename "$PORTCULLIS_BIN")"
+
+# ---------------------------------------------------------------- temp dir, ports, secrets
+TMP="$(mktemp -d /tmp/portcullis-bench.XXXXXX)"
+chmod 0711 "$TMP"
+mkdir -p "$TMP/pg" "$TMP/pgbouncer" "$TMP/portcullis" "$TMP/tls" "$TMP/out"
+if ((IS_ROOT)); then chown postgres: "$TMP/pg" "$TMP/pgbouncer"; fi
+chmod 0700 "$TMP/pg" "$TMP/pgbouncer" "$TMP/portcullis" "$TMP/tls"
+
+USED_PORTS=" "
+free_port() {
+    local p
+    for _ in $(seq 200); do
+        p=$((20000 + RANDOM % 40000))
+        [[ "$USED_PORTS" == *" $p "* ]] && continue
+        if [[ -z "$(ss -Htan "sport = :$p")" ]]; then
+            USED_PORTS+="$p "
+            echo "$p"
+            return 0
+        fi
+    done
+    die "no free TCP port found"
+}
+PG_PORT="$(free_port)"
+PORTCULLIS_PORT="$(free_port)"
+PGBOUNCER_PORT="$(free_port)"
+
+BENCH_PASSWORD="$(openssl rand -hex 16)"
+
+wait_port() { # port what pid
+    for _ in $(seq 100); do
+        [[ -n "$(ss -Htln "sport = :$1")" ]] && return 0
+        [[ -n "${3:-}" ]] && ! kill -0 "$3" 2>/dev/null && return 1
+        sleep 0.1
+    done
+    return 1
+}
+
+# ---------------------------------------------------------------- TLS certificate
+log "self-signed certificate (RSA 2048, CN=localhost), shared by all three targets"
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=localhost" \
+    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -keyout "$TMP/tls/server.key" -out "$TMP/tls/server.crt" >/dev/null 2>&1 ||
+    die "openssl could not create the certificate"
+copy_private() { # src dst: a private copy owned by the postgres OS user
+    install -m 0600 "$1" "$2"
+    if ((IS_ROOT)); then chown postgres: "$2"; fi
+}
+
+# ---------------------------------------------------------------- PostgreSQL
+log "initdb ($PG_BINDIR) into $TMP/pg/data"
+as_pg "$PG_BINDIR/initdb" -D "$TMP/pg/data" -U postgres -E UTF8 --locale=C --no-sync \
+    --auth-local=trust --auth-host=scram-sha-256 >"$TMP/pg/initdb.log" 2>&1 ||
+    { cat "$TMP/pg/initdb.log" >&2; die "initdb failed"; }
+copy_private "$TMP/tls/server.crt" "$TMP/pg/data/server.crt"
+copy_private "$TMP/tls/server.key" "$TMP/pg/data/server.key"
+cat >>"$TMP/pg/data/postgresql.conf" <<EOF
+
+# Added by bench/run.sh
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$TMP/pg'
+max_connections = 200
+shared_buffers = 256MB
+# Throwaway data: fsync off only speeds up pgbench -i; pgbench -S never writes.
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+ssl = on
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'
+password_encryption = 'scram-sha-256'
+EOF
+log "starting PostgreSQL on 127.0.0.1:$PG_PORT (ssl=on, fsync=off)"
+PG_STARTED=1
+as_pg "$PG_BINDIR/pg_ctl" start -s -w -t 60 -D "$TMP/pg/data" -l "$TMP/pg/postgres.log" >/dev/null ||
+    { tail -20 "$TMP/pg/postgres.log" >&2; die "PostgreSQL did not start"; }
+
+PSQL_ADMIN=(psql -X -q -v ON_ERROR_STOP=1 -h "$TMP/pg" -p "$PG_PORT" -U postgres)
+"${PSQL_ADMIN[@]}" -d postgres -c "CREATE ROLE bench LOGIN PASSWORD '$BENCH_PASSWORD'" \
+    -c "CREATE DATABASE bench OWNER bench" >/dev/null
+BENCH_VERIFIER="$("${PSQL_ADMIN[@]}" -d postgres -At -c "SELECT rolpassword FROM pg_authid WHERE rolname = 'bench'")"
+[[ "$BENCH_VERIFIER" == SCRAM-SHA-256\$* ]] || die "role bench has no SCRAM verifier"
+
+log "pgbench -i -s $SCALE"
+pgbench -i -s "$SCALE" -q -h "$TMP/pg" -p "$PG_PORT" -U bench bench >"$TMP/out/init.log" 2>&1 ||
+    { cat "$TMP/out/init.log" >&2; die "pgbench -i failed"; }
+"${PSQL_ADMIN[@]}" -d bench -c "VACUUM ANALYZE" -c "CHECKPOINT" >/dev/null
+
+# ---------------------------------------------------------------- Portcullis
+printf '%s\n' "$BENCH_PASSWORD" >"$TMP/portcullis/upstream.password"
+chmod 0600 "$TMP/portcullis/upstream.password"
+printf '%s\n' "$BENCH_PASSWORD" |
+    "$PORTCULLIS_BIN" user add bench --file "$TMP/portcullis/users.toml" --role dba >/dev/null ||
+    die "portcullis user add failed"
+cat >"$TMP/portcullis/portcullis.toml" <<EOF
+# Written by bench/run.sh
+[listen]
+address = "127.0.0.1:$PORTCULLIS_PORT"
+require_tls = true
+max_connections = 500
+
+[tls]
+cert = "$TMP/tls/server.crt"
+key = "$TMP/tls/server.key"
+
+[auth]
+users_file = "users.toml"
+
+[upstream]
+host = "127.0.0.1"
+port = $PG_PORT
+user = "bench"
+password = { file = "upstream.password" }
+sslmode = "disable"
+
+[limits]
+shutdown_grace_secs = 1
+
+[policy.roles.dba]
+allow = ["all"]
+EOF
+log "starting Portcullis ($PORTCULLIS_BIN) on 127.0.0.1:$PORTCULLIS_PORT"
+"$PORTCULLIS_BIN" serve --config "$TMP/portcullis/portcullis.toml" >"$TMP/portcullis/portcullis.log" 2>&1 &
+PORTCULLIS_PID=$!
+wait_port "$PORTCULLIS_PORT" portcullis "$PORTCULLIS_PID" ||
+    { tail -20 "$TMP/portcullis/portcullis.log" >&2; die "Portcullis did not start"; }
+
+# ---------------------------------------------------------------- pgbouncer
+copy_private "$TMP/tls/server.crt" "$TMP/pgbouncer/server.crt"
+copy_private "$TMP/tls/server.key" "$TMP/pgbouncer/server.key"
+# pgbouncer takes the SCRAM verifier straight from pg_authid and logs in to the server with
+# the client's proof (SCRAM pass-through), so it never sees the password.
+printf '"bench" "%s"\n' "$BENCH_VERIFIER" >"$TMP/pgbouncer/userlist.txt"
+cat >"$TMP/pgbouncer/pgbouncer.ini" <<EOF
+; Written by bench/run.sh
+[databases]
+bench = host=127.0.0.1 port=$PG_PORT dbname=bench
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $PGBOUNCER_PORT
+unix_socket_dir =
+pidfile = $TMP/pgbouncer/pgbouncer.pid
+logfile = $TMP/pgbouncer/pgbouncer.log
+auth_type = scram-sha-256
+auth_file = $TMP/pgbouncer/userlist.txt
+pool_mode = session
+max_client_conn = 200
+default_pool_size = 64
+client_tls_sslmode = require
+client_tls_cert_file = $TMP/pgbouncer/server.crt
+client_tls_key_file = $TMP/pgbouncer/server.key
+server_tls_sslmode = disable
+ignore_startup_parameters = extra_float_digits
+EOF
+if ((IS_ROOT)); then chown postgres: "$TMP/pgbouncer"/*; fi
+log "starting pgbouncer ($PGBOUNCER_BIN) on 127.0.0.1:$PGBOUNCER_PORT as $( ((IS_ROOT)) && echo postgres || id -un)"
+as_pg "$PGBOUNCER_BIN" -d "$TMP/pgbouncer/pgbouncer.ini" >"$TMP/pgbouncer/stdout.log" 2>&1 ||
+    { cat "$TMP/pgbouncer/stdout.log" "$TMP/pgbouncer/pgbouncer.log" >&2 2>/dev/null; die "pgbouncer did not start"; }
+for _ in $(seq 100); do [[ -s "$TMP/pgbouncer/pgbouncer.pid" ]] && break; sleep 0.1; done
+PGBOUNCER_PID="$(cat "$TMP/pgbouncer/pgbouncer.pid" 2>/dev/null || true)"
+[[ -n "$PGBOUNCER_PID" ]] || die "pgbouncer wrote no pid file"
+wait_port "$PGBOUNCER_PORT" pgbouncer "$PGBOUNCER_PID" ||
+    { tail -20 "$TMP/pgbouncer/pgbouncer.log" >&2; die "pgbouncer did not start"; }
+
+# ---------------------------------------------------------------- helpers
+port_of() {
+    case "$1" in
+    direct) echo "$PG_PORT" ;; portcullis) echo "$PORTCULLIS_PORT" ;; pgbouncer) echo "$PGBOUNCER_PORT" ;;
+    esac
+}
+pid_of() {
+    case "$1" in
+    portcullis) echo "$PORTCULLIS_PID" ;; pgbouncer) echo "$PGBOUNCER_PID" ;; *) echo "" ;;
+    esac
+}
+log_of() {
+    case "$1" in
+    direct) echo "$TMP/pg/postgres.log" ;; portcullis) echo "$TMP/portcullis/portcullis.log" ;;
+    pgbouncer) echo "$TMP/pgbouncer/pgbouncer.log" ;;
+    esac
+}
+# utime + stime of the whole process (all threads), in clock ticks: /proc/PID/stat fields 14, 15.
+cpu_ticks() {
+    local stat
+    stat="$(cat "/proc/$1/stat" 2>/dev/null)" || { echo ""; return; }
+    stat="${stat##*) }" # after "(comm) ": field 3 (state) is word 1, so 14 and 15 are words 12, 13
+    awk '{ print $12 + $13 }' <<<"$stat"
+}
+# PostgreSQL's CPU, in ticks: the postmaster's own and its reaped children's (cutime, cstime)
+# plus every live child's (backends, and the server connections pgbouncer keeps open).
+pg_ticks() {
+    local pm
+    pm="$(head -1 "$TMP/pg/data/postmaster.pid" 2>/dev/null)" || { echo ""; return; }
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v pm="$pm" '
+        { pid = $1; sub(/^[0-9]+ \(.*\) /, "") }  # now $1 = state (field 3), $2 = ppid (field 4)
+        pid == pm { t += $12 + $13 + $14 + $15 }
+        $2 == pm { t += $12 + $13 }
+        END { print t + 0 }'
+}
+# Busy ticks of the whole machine (all CPUs): user nice system irq softirq steal from /proc/stat.
+machine_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat; }
+# CPU of this shell's reaped children (user + system), in seconds, from the `times` builtin;
+# it must run in this shell (a $(...) subshell has no children of its own), hence the file.
+children_secs() {
+    times >"$TMP/times"
+    awk 'NR == 2 { n = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); n += a[1] * 60 + a[2] } printf "%.3f", n }' "$TMP/times"
+}
+NCPU="$(nproc)"
+export PGSSLMODE=require PGPASSWORD="$BENCH_PASSWORD" PGCONNECT_TIMEOUT=10
+
+# Sanity check: every target answers over TLS; show what was negotiated.
+for t in "${TARGETS[@]}"; do
+    info="$(psql -X -At -h 127.0.0.1 -p "$(port_of "$t")" -U bench -d bench \
+        -c "SELECT count(*) FROM pgbench_branches" -c '\conninfo' 2>&1)" ||
+        { echo "$info" >&2; tail -20 "$(log_of "$t")" >&2; die "$t: psql over TLS failed"; }
+    ssl="$(grep -o 'SSL connection ([^)]*)' <<<"$info" || echo 'no SSL?')"
+    log "$t: port $(port_of "$t"): ok, $ssl"
+done
+
+if ((WARMUP > 0)); then
+    log "warm-up: pgbench -S -T $WARMUP against PostgreSQL (not recorded)"
+    pgbench -S -n -c 2 -j 2 -T "$WARMUP" -h 127.0.0.1 -p "$PG_PORT" -U bench bench >/dev/null 2>&1 || true
+fi
+
+# ---------------------------------------------------------------- the run
+mkdir -p "$RESULTS_DIR"
+STAMP="$(date +%Y-%m-%d_%H%M%S)"
+RAW="$RESULTS_DIR/$STAMP.csv"
+SUMMARY="$RESULTS_DIR/$STAMP-summary.csv"
+OUTLOG="$RESULTS_DIR/$STAMP.log"
+echo "mode,clients,round,target,status,tps,latency_ms,transactions,failed,cpu_ticks,cpu_us_per_stmt,postgres_us_per_stmt,pgbench_us_per_stmt,other_cpu_pct,loadavg1" >"$RAW"
+{
+    echo "# bench/run.sh $STAMP: DURATION=$DURATION ROUNDS=$ROUNDS CLIENTS='$CLIENTS' MODES='$MODES' SCALE=$SCALE"
+    echo "# portcullis: $PORTCULLIS_BIN ($("$PORTCULLIS_BIN" --version 2>&1), binary built $(date -r "$PORTCULLIS_BIN" '+%F %T %Z'); tree now at git $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet HEAD 2>/dev/null || echo '+uncommitted changes'))"
+    echo "# $("$PG_BINDIR/postgres" --version); $("$PGBOUNCER_BIN" --version | head -1); $(pgbench --version)"
+} >"$OUTLOG"
+
+declare -A DEAD=()
+nmodes=$(wc -w <<<"$MODES"); nclients=$(wc -w <<<"$CLIENTS")
+total=$((nmodes * nclients * ROUNDS * ${#TARGETS[@]}))
+log "$total runs of $DURATION s (~$((total * (DURATION + 1) / 60 + 1)) min); raw results: $RAW"
+i=0
+for mode in $MODES; do
+    for c in $CLIENTS; do
+        j=$((c < 2 ? c : 2))
+        ((j >= 1)) || j=1
+        for round in $(seq "$ROUNDS"); do
+            for t in "${TARGETS[@]}"; do
+                i=$((i + 1))
+                load="$(cut -d' ' -f1 /proc/loadavg)"
+                if [[ -n "${DEAD[$t]:-}" ]]; then
+                    echo "$mode,$c,$round,$t,dead,,,,,,,,,,$load" >>"$RAW"
+                    continue
+                fi
+                pid="$(pid_of "$t")"
+                before=""
+                [[ -n "$pid" ]] && before="$(cpu_ticks "$pid")"
+                pg_before="$(pg_ticks)"
+                m_before="$(machine_ticks)"
+                t_before="$(date +%s%N)"
+                children_secs >"$TMP/kids_before"
+                out="$TMP/out/$mode-$c-$round-$t.txt"
+                set +e
+                pgbench -S -M "$mode" -c "$c" -j "$j" -T "$DURATION" -n \
+                    -h 127.0.0.1 -p "$(port_of "$t")" -U bench bench >"$out" 2>&1 &
+                PGBENCH_PID=$!
+                wait "$PGBENCH_PID"
+                rc=$?
+                PGBENCH_PID=""
+                set -e
+                children_secs >"$TMP/kids_after"
+                t_after="$(date +%s%N)"
+                kids_before="$(cat "$TMP/kids_before")" kids_after="$(cat "$TMP/kids_after")"
+                m_after="$(machine_ticks)"
+                pg_after="$(pg_ticks)"
+                after=""
+                [[ -n "$pid" ]] && after="$(cpu_ticks "$pid")"
+
+                tps="$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' "$out")"
+                lat="$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' "$out")"
+                xacts="$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$out")"
+                failed="$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$out")"
+                status=ok
+                if ((rc != 0)) || [[ -z "$tps" || -z "$xacts" || "${failed:-0}" != 0 ]] ||
+                    grep -qiE 'error|fatal|abort' "$out"; then
+                    status="fail(rc=$rc)"
+                fi
+                ticks="" cpu_us=""
+                if [[ -n "$pid" ]]; then
+                    if [[ -z "$after" ]]; then
+                        status="died"
+                        DEAD[$t]=1
+                    elif [[ -n "$before" && "${xacts:-0}" -gt 0 ]]; then
+                        ticks=$((after - before))
+                        cpu_us="$(awk -v t="$ticks" -v hz="$CLK_TCK" -v n="$xacts" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }')"
+                    fi
+                fi
+                # Who else used the CPUs meanwhile: machine busy time minus PostgreSQL, pgbench and
+                # the proxy under test, as a share of all CPUs over the run's wall time.
+                read -r pg_us bench_us other_pct < <(awk -v hz="$CLK_TCK" -v n="${xacts:-0}" -v ncpu="$NCPU" \
+                    -v pg=$((pg_after - pg_before)) -v kids="$kids_before $kids_after" \
+                    -v m=$((m_after - m_before)) -v wall=$(((t_after - t_before) / 1000)) -v proxy="${ticks:-0}" '
+                    BEGIN {
+                        split(kids, k, " "); bench = k[2] - k[1]          # seconds
+                        other = m / hz - pg / hz - bench - proxy / hz     # seconds
+                        if (other < 0) other = 0
+                        if (n > 0) printf "%.2f %.2f ", pg * 1e6 / hz / n, bench * 1e6 / n; else printf "- - "
+                        printf "%.1f\n", (wall > 0 ? 100 * other * 1e6 / wall / ncpu : 0)
+                    }')
+                [[ "$pg_us" == - ]] && pg_us="" && bench_us=""
+                echo "$mode,$c,$round,$t,$status,$tps,$lat,$xacts,${failed:-},$ticks,$cpu_us,$pg_us,$bench_us,$other_pct,$load" >>"$RAW"
+                {
+                    echo "=== [$i/$total] $t mode=$mode clients=$c round=$round status=$status rc=$rc"
+                    cat "$out"
+                } >>"$OUTLOG"
+                if [[ "$status" == ok ]]; then
+                    log "[$i/$total] $mode c=$c r=$round $t: tps=$tps lat=${lat}ms${cpu_us:+ proxy=${cpu_us}us/stmt} pg=${pg_us}us/stmt pgbench=${bench_us}us/stmt other=${other_pct}%"
+                else
+                    log "[$i/$total] $mode c=$c r=$round $t: $status; pgbench output:"
+                    sed 's/^/    /' "$out" >&2
+                    logf="$(log_of "$t")"
+                    if [[ -r "$logf" ]]; then
+                        log "last lines of $t's log ($logf):"
+                        tail -15 "$logf" | sed 's/^/    /' >&2
+                        { echo "--- last lines of $t's log:"; tail -40 "$logf"; } >>"$OUTLOG"
+                    fi
+                fi
+            done
+        done
+    done
+done
+
+# ---------------------------------------------------------------- summary
+awk -F, -v summary="$SUMMARY" '
+function median(key,   n, i, j, v, a) {
+    n = cnt[key]
+    if (n == 0) return ""
+    for (i = 1; i <= n; i++) a[i] = vals[key, i]
+    for (i = 2; i <= n; i++) { v = a[i]; for (j = i - 1; j >= 1 && a[j] > v; j--) a[j + 1] = a[j]; a[j + 1] = v }
+    return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+}
+function add(key, v) { if (v != "") { cnt[key]++; vals[key, cnt[key]] = v + 0 } }
+function r(a, b) { return (a != "" && b != "" && b > 0) ? sprintf("%.3f", a / b) : "" }
+function f(v, fmt) { return v == "" ? "-" : sprintf(fmt, v) }
+NR == 1 { next }
+{
+    k = $1 SUBSEP $2
+    if (!(k in seen)) { seen[k] = 1; order[++nk] = k }
+    runs[k, $4]++
+    if ($5 != "ok") { fails[k, $4]++; next }
+    add("tps" SUBSEP k SUBSEP $4, $6)
+    add("lat" SUBSEP k SUBSEP $4, $7)
+    add("cpu" SUBSEP k SUBSEP $4, $11)
+    add("pg" SUBSEP k SUBSEP $4, $12)
+    add("pgb" SUBSEP k SUBSEP $4, $13)
+    if ($14 + 0 > maxoth[k]) maxoth[k] = $14 + 0
+}
+END {
+    print "mode,clients,rounds,tps_direct,tps_portcullis,tps_pgbouncer,lat_ms_direct,lat_ms_portcullis,lat_ms_pgbouncer,ratio_portcullis_direct,ratio_pgbouncer_direct,ratio_portcullis_pgbouncer,cpu_us_per_stmt_portcullis,cpu_us_per_stmt_pgbouncer,postgres_us_per_stmt_direct,postgres_us_per_stmt_portcullis,postgres_us_per_stmt_pgbouncer,pgbench_us_per_stmt_direct,pgbench_us_per_stmt_portcullis,pgbench_us_per_stmt_pgbouncer,max_other_cpu_pct,failed_runs_direct,failed_runs_portcullis,failed_runs_pgbouncer" > summary
+    hdr = sprintf("%-8s %4s | %9s %9s %9s | %7s %7s %7s | %6s %6s %6s | %8s %8s | %5s | %s\n", \
+        "mode", "cli", "TPS dir", "TPS port", "TPS pgb", "lat dir", "lat prt", "lat pgb", "P/D", "B/D", "P/B", "µs/st P", "µs/st B", "oth%", "failed runs") \
+        sprintf("%-8s %4s | %9s %9s %9s | %7s %7s %7s | %6s %6s %6s | %8s %8s | %5s |\n", "", "", "", "", "", "(ms)", "(ms)", "(ms)", "", "", "", "", "", "max")
+    printf "%s", hdr
+    hdr2 = sprintf("%-8s %4s | %-27s | %-27s | %s\n", "", "", "direct", "portcullis", "pgbouncer") \
+        sprintf("%-8s %4s | %6s %6s %6s %6s | %6s %6s %6s %6s | %6s %6s %6s %6s\n", "mode", "cli", \
+            "pg", "bench", "", "total", "pg", "bench", "proxy", "total", "pg", "bench", "proxy", "total")
+    for (o = 1; o <= nk; o++) {
+        k = order[o]; split(k, p, SUBSEP)
+        td = median("tps" SUBSEP k SUBSEP "direct"); tp = median("tps" SUBSEP k SUBSEP "portcullis"); tb = median("tps" SUBSEP k SUBSEP "pgbouncer")
+        ld = median("lat" SUBSEP k SUBSEP "direct"); lp = median("lat" SUBSEP k SUBSEP "portcullis"); lb = median("lat" SUBSEP k SUBSEP "pgbouncer")
+        cp = median("cpu" SUBSEP k SUBSEP "portcullis"); cb = median("cpu" SUBSEP k SUBSEP "pgbouncer")
+        fd = fails[k, "direct"] + 0; fp = fails[k, "portcullis"] + 0; fb = fails[k, "pgbouncer"] + 0
+        fl = (fd + fp + fb) ? sprintf("dir %d/%d, port %d/%d, pgb %d/%d", fd, runs[k, "direct"], fp, runs[k, "portcullis"], fb, runs[k, "pgbouncer"]) : ""
+        printf "%-8s %4s | %9s %9s %9s | %7s %7s %7s | %6s %6s %6s | %8s %8s | %5.1f | %s\n", p[1], p[2], \
+            f(td, "%.0f"), f(tp, "%.0f"), f(tb, "%.0f"), f(ld, "%.3f"), f(lp, "%.3f"), f(lb, "%.3f"), \
+            f(r(tp, td), "%s"), f(r(tb, td), "%s"), f(r(tp, tb), "%s"), f(cp, "%.1f"), f(cb, "%.1f"), maxoth[k], fl
+        gd = median("pg" SUBSEP k SUBSEP "direct"); gp = median("pg" SUBSEP k SUBSEP "portcullis"); gb = median("pg" SUBSEP k SUBSEP "pgbouncer")
+        bd = median("pgb" SUBSEP k SUBSEP "direct"); bp = median("pgb" SUBSEP k SUBSEP "portcullis"); bb = median("pgb" SUBSEP k SUBSEP "pgbouncer")
+        line2[o] = sprintf("%-8s %4s | %6s %6s %6s %6s | %6s %6s %6s %6s | %6s %6s %6s %6s\n", p[1], p[2], \
+            f(gd, "%.1f"), f(bd, "%.1f"), "", f(gd + bd, "%.1f"), f(gp, "%.1f"), f(bp, "%.1f"), f(cp, "%.1f"), f(gp + bp + cp, "%.1f"), \
+            f(gb, "%.1f"), f(bb, "%.1f"), f(cb, "%.1f"), f(gb + bb + cb, "%.1f"))
+        printf "%s,%s,%d,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%.1f,%d,%d,%d\n", p[1], p[2], runs[k, "direct"], \
+            td == "" ? "" : sprintf("%.1f", td), tp == "" ? "" : sprintf("%.1f", tp), tb == "" ? "" : sprintf("%.1f", tb), \
+            ld, lp, lb, r(tp, td), r(tb, td), r(tp, tb), cp, cb, gd, gp, gb, bd, bp, bb, maxoth[k], fd, fp, fb > summary
+    }
+    printf "\nCPU per statement by component (medians, µs; pg = PostgreSQL, bench = pgbench):\n%s", hdr2
+    for (o = 1; o <= nk; o++) printf "%s", line2[o]
+}' "$RAW" >"$TMP/table.txt"
+
+{
+    echo
+    echo "Portcullis vs pgbouncer (session mode) vs direct PostgreSQL: pgbench -S over TLS"
+    echo "DURATION=${DURATION}s ROUNDS=$ROUNDS SCALE=$SCALE; medians over rounds; P=portcullis B=pgbouncer D=direct;"
+    echo "µs/st = proxy process CPU (utime+stime) per statement; $(nproc) CPUs shared by pgbench, proxies and PostgreSQL;"
+    echo "oth% = CPU used by anything else on the machine during the run (share of all CPUs), worst run of the row"
+    echo
+    cat "$TMP/table.txt"
+    echo
+} | tee -a "$OUTLOG"
+log "raw runs: $RAW"
+log "summary:  $SUMMARY"
+log "pgbench output: $OUTLOG"
+if awk -F, 'NR > 1 && $5 != "ok" { bad = 1 } END { exit !bad }' "$RAW"; then
+    log "some runs failed; see $OUTLOG"
+    exit 3
+fi
