@@ -108,6 +108,11 @@ pub struct CancelTarget {
 }
 
 impl CancelTarget {
+    /// The upstream backend's process id.
+    pub fn backend_pid(&self) -> i32 {
+        self.pid
+    }
+
     /// Sends the CancelRequest to the server on a new connection.
     pub async fn cancel(&self) -> Result<(), UpstreamError> {
         let mut stream = self.connector.open().await?;
@@ -170,6 +175,14 @@ impl Connector {
         let fut = async {
             let mut stream = self.open().await?;
             let mut params = extra.clone();
+            // The proxy analyses statements as UTF-8 with standard-conforming strings;
+            // the server must read them the same way whatever its database or role
+            // defaults say. Startup values are also what RESET ALL returns to.
+            params.retain(|k, _| {
+                !k.eq_ignore_ascii_case("client_encoding") && !k.eq_ignore_ascii_case("standard_conforming_strings")
+            });
+            params.insert("client_encoding".into(), "UTF8".into());
+            params.insert("standard_conforming_strings".into(), "on".into());
             params.insert("user".into(), user.into());
             params.insert(
                 "database".into(),

@@ -42,7 +42,9 @@ pub struct BackendScanner {
 
 /// Whether the proxy needs a complete copy of messages with this tag.
 fn inspected(tag: u8) -> bool {
-    matches!(tag, b'Z' | b'E' | b'C')
+    // ReadyForQuery, ErrorResponse, CommandComplete, NoticeResponse, ParameterStatus,
+    // NotificationResponse: all small.
+    matches!(tag, b'Z' | b'E' | b'C' | b'N' | b'S' | b'A')
 }
 
 impl BackendScanner {

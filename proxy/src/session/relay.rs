@@ -29,6 +29,7 @@ use super::SessionError;
 use super::auth::Authenticated;
 use crate::pg::error::sqlstate;
 use crate::pg::scan::{BackendScanner, Piece};
+use crate::pg::error::field;
 use crate::pg::messages::{self, DecodeError};
 use crate::pg::{Framer, PgError, RawMessage};
 use crate::server::Shared;
@@ -61,6 +62,14 @@ struct PendingDenial {
     error: BytesMut,
 }
 
+/// What the backend side needs to know about a batch.
+struct BatchInfo {
+    started: Instant,
+    /// Error positions refer to the forwarded text, not the client's: they are
+    /// dropped for batches whose text was rewritten.
+    rewritten: bool,
+}
+
 /// State shared by the two directions.
 #[derive(Default)]
 struct Inflight {
@@ -72,8 +81,10 @@ struct Inflight {
     open_batch: bool,
     /// Start time of the open batch.
     open_since: Option<Instant>,
-    /// Start times of ended batches awaiting ReadyForQuery.
-    started: VecDeque<Instant>,
+    /// Whether a statement of the open batch was forwarded in a different text.
+    open_rewritten: bool,
+    /// Ended batches awaiting ReadyForQuery.
+    ended: VecDeque<BatchInfo>,
     denials: VecDeque<PendingDenial>,
     /// Transaction status of the last ReadyForQuery.
     status: u8,
@@ -285,9 +296,12 @@ impl Frontend<'_> {
     fn decide(&self, sql: &str) -> Result<Arc<str>, PgError> {
         let policy = self.shared.policy.load();
         match self.shared.engine.check(&policy, self.identity, sql) {
-            Decision::Allow { sql, passthrough, .. } => {
+            Decision::Allow { sql: forward, passthrough, .. } => {
                 self.shared.metrics.statement(if passthrough { "passthrough" } else { "allowed" });
-                Ok(sql)
+                if *forward != *sql {
+                    self.state.lock().open_rewritten = true;
+                }
+                Ok(forward)
             }
             Decision::Deny(denial) => {
                 let outcome = match denial.sqlstate {
@@ -344,9 +358,10 @@ impl Frontend<'_> {
         let mut st = self.state.lock();
         st.batches_sent += 1;
         st.open_batch = false;
-        let since = st.open_since.take().unwrap_or_else(Instant::now);
-        if st.started.len() < MAX_TRACKED_BATCHES {
-            st.started.push_back(since);
+        let started = st.open_since.take().unwrap_or_else(Instant::now);
+        let rewritten = std::mem::take(&mut st.open_rewritten);
+        if st.ended.len() < MAX_TRACKED_BATCHES {
+            st.ended.push_back(BatchInfo { started, rewritten });
         }
     }
 }
@@ -382,7 +397,8 @@ impl Backend<'_> {
                 SessionError::Client(PgError::fatal(sqlstate::CONNECTION_FAILURE, format!("portcullis: {e}")))
             })?;
             let mut drained = false;
-            for piece in self.pieces.drain(..) {
+            let mut pieces = std::mem::take(&mut self.pieces);
+            for piece in pieces.drain(..) {
                 match piece {
                     Piece::Forward(bytes) => self.out.unsplit(bytes),
                     Piece::Message { tag: b'E', raw } => {
@@ -396,7 +412,19 @@ impl Backend<'_> {
                                 _ => None,
                             }
                         };
-                        self.out.unsplit(replacement.unwrap_or(raw));
+                        match replacement {
+                            Some(error) => self.out.unsplit(error),
+                            None => self.forward_report(raw),
+                        }
+                    }
+                    Piece::Message { tag: b'N', raw } => self.forward_report(raw),
+                    Piece::Message { tag: b'S', raw } => {
+                        check_parameter_status(&raw)?;
+                        self.out.unsplit(raw);
+                    }
+                    Piece::Message { tag: b'A', mut raw } => {
+                        self.translate_notification_pid(&mut raw);
+                        self.out.unsplit(raw);
                     }
                     Piece::Message { tag: b'Z', raw } => {
                         let status = raw.get(5).copied().unwrap_or(b'I');
@@ -407,11 +435,11 @@ impl Backend<'_> {
                         }
                         st.batches_done += 1;
                         st.status = status;
-                        if let Some(started) = st.started.pop_front() {
+                        if let Some(batch) = st.ended.pop_front() {
                             self.shared
                                 .metrics
                                 .statement_duration
-                                .observe(started.elapsed().as_secs_f64());
+                                .observe(batch.started.elapsed().as_secs_f64());
                         }
                         drained = st.draining && st.idle();
                         drop(st);
@@ -420,6 +448,7 @@ impl Backend<'_> {
                     Piece::Message { raw, .. } => self.out.unsplit(raw),
                 }
             }
+            self.pieces = pieces;
             if !self.out.is_empty() {
                 client.write_all(&self.out).await?;
                 client.flush().await?;
@@ -432,6 +461,84 @@ impl Backend<'_> {
             }
         }
     }
+}
+
+impl Backend<'_> {
+    /// Forwards an ErrorResponse or NoticeResponse, without its position field when
+    /// the statement it points into was forwarded in a text other than the client's.
+    fn forward_report(&mut self, raw: BytesMut) {
+        let rewritten = {
+            let st = self.state.lock();
+            st.ended.front().map_or(st.open_rewritten, |b| b.rewritten)
+        };
+        if rewritten && field(raw.get(5..).unwrap_or_default(), b'P').is_some() {
+            self.out.unsplit(without_field(&raw, b'P'));
+        } else {
+            self.out.unsplit(raw);
+        }
+    }
+
+    /// NotificationResponse carries the sending backend's pid; clients know sessions
+    /// by the pids the proxy handed out, so translate it (libpq's documented way to
+    /// recognise one's own notifications compares it with `PQbackendPID`).
+    fn translate_notification_pid(&self, raw: &mut BytesMut) {
+        let Some(pid_bytes) = raw.get(5..9) else { return };
+        let upstream_pid = i32::from_be_bytes([pid_bytes[0], pid_bytes[1], pid_bytes[2], pid_bytes[3]]);
+        if let Some(proxy_pid) = self.shared.cancels.proxy_pid(upstream_pid) {
+            raw[5..9].copy_from_slice(&proxy_pid.to_be_bytes());
+        }
+    }
+}
+
+/// The proxy checks statements as UTF-8 with standard-conforming strings; if the
+/// server's reading changes (a SET the policy let through, a function that calls
+/// set_config), later statements could mean something else to it. End the session.
+fn check_parameter_status(raw: &[u8]) -> Result<(), SessionError> {
+    let body = raw.get(5..).unwrap_or_default();
+    let mut parts = body.split(|&b| b == 0);
+    let name = parts.next().unwrap_or_default();
+    let value = parts.next().unwrap_or_default();
+    let ok = match name {
+        b"client_encoding" => value.eq_ignore_ascii_case(b"UTF8") || value.eq_ignore_ascii_case(b"SQL_ASCII"),
+        b"standard_conforming_strings" => value == b"on",
+        _ => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(SessionError::Client(PgError::fatal(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!(
+                "portcullis: the server switched {} to {}; the proxy requires UTF8 and standard_conforming_strings = on",
+                String::from_utf8_lossy(name),
+                String::from_utf8_lossy(value)
+            ),
+        )))
+    }
+}
+
+/// A copy of an ErrorResponse/NoticeResponse without the fields of type `code`.
+fn without_field(raw: &[u8], code: u8) -> BytesMut {
+    let mut out = BytesMut::with_capacity(raw.len());
+    out.extend_from_slice(&raw[..1]);
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    let mut rest = raw.get(5..).unwrap_or_default();
+    while let Some((&c, tail)) = rest.split_first() {
+        if c == 0 {
+            break;
+        }
+        let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+        if c != code {
+            out.extend_from_slice(&[c]);
+            out.extend_from_slice(&tail[..end]);
+            out.extend_from_slice(&[0]);
+        }
+        rest = tail.get(end + 1..).unwrap_or_default();
+    }
+    out.extend_from_slice(&[0]);
+    let len = i32::try_from(out.len() - 1).unwrap_or(i32::MAX);
+    out[1..5].copy_from_slice(&len.to_be_bytes());
+    out
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
