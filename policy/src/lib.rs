@@ -12,9 +12,57 @@
 //!    re-serialized text must parse back to the same trees or the text is refused;
 //! 4. the identity's roles must together be granted every class of every statement.
 //!
-//! This crate does no I/O: it is a pure function of (policy, identity, text), plus a
-//! cache. The relation-level engine (row filters, column masks, function grants) will
+//! This crate does no I/O: it is a pure function of (policy, identity, text), plus
+//! caches. The relation-level engine (row filters, column masks, function grants) will
 //! grow from the parsed statements kept in the cache.
+//!
+//! # Caches
+//!
+//! The analysis (steps 1 to 3) depends on the text alone, so it is cached by exact text
+//! and a repeated text costs a lookup. Clients that inline literals (`pgbench -M simple`,
+//! ORMs) send a new text every time, so a second cache is keyed by the text's *shape*:
+//! the text with its simple literals replaced by parameters,
+//! `SELECT abalance FROM pgbench_accounts WHERE aid = $1`. A shape's first text is
+//! analysed as usual; for its second, the shape's key is analysed instead and, if that
+//! and the first text's analysis prove a template, the text is decided from it, as is
+//! every later text of that shape without any parsing: the template's decision, and its
+//! forwarded text with the client's literal tokens copied in. The full analysis stays
+//! the source of truth: whenever anything is in doubt, a text takes it.
+//!
+//! ## Why a template is safe
+//!
+//! What is proven once per shape, from one fully analysed text of it (decision D,
+//! forwarded text F) and the full analysis of its key (Dk, Fk), with every check the
+//! full analysis makes (parse, classification, re-serialization, round trip):
+//!
+//! - D and Dk come from the same statement kinds with the same effects (classes and the
+//!   parts that need them), so they are the same decision for every identity and policy;
+//! - every statement at any depth is a query, `INSERT`, `UPDATE` or `DELETE` and no
+//!   function whose class depends on its arguments (`set_config`) is called, so the
+//!   classification looked at no literal value;
+//! - Fk holds each of `$1`..`$k` exactly once, and with the analysed text's literal
+//!   tokens put in their places is exactly F: the parameters sit in the forwarded text
+//!   where the literals sit.
+//!
+//! Why that covers every other text with the same shape: the shape scanner only
+//! replaces a literal that sqlparser's PostgreSQL tokenizer reads as exactly one number
+//! or standard-string token, with the same boundaries (anything that could continue or
+//! re-prefix it refuses the whole text), that prints back as the very same bytes (no
+//! backslashes, no two escaped quotes in a row), and that stands after an operator or
+//! an opening bracket or comma (a number also after a keyword, as in `LIMIT 10`), where
+//! the parser reads a number, a string and a parameter alike as one value leaf. The
+//! cache key also records each literal's kind (integer, other number, string), so a
+//! template only serves texts with the kinds it was proven with. Two texts with the same
+//! cache key therefore tokenize alike except for those value tokens, parse to the same
+//! tree except for those leaves, are classified alike (nothing looked at a value), and
+//! print as Fk with each text's own literal tokens in the parameters' places: exactly
+//! the text the fast path builds. Their re-serialization parses back to their tree for
+//! the same reason the key's does. The remaining assumption (that sqlparser treats those
+//! tokens alike where it accepts a parameter) is what the per-shape proof and the tests
+//! comparing the fast path with full analyses over thousands of texts check.
+//!
+//! Texts decided from a template are not added to the exact-text cache (they would
+//! only evict texts that need it). Both caches are bounded in entries and bytes.
 //!
 //! ```
 //! use portcullis_policy::{Decision, Engine, Identity, Policy, PolicyConfig};
@@ -44,6 +92,7 @@ mod engine;
 mod error;
 mod identity;
 mod policy;
+mod shape;
 
 #[cfg(test)]
 mod roundtrip;

@@ -21,7 +21,7 @@ use sqlparser::ast::{
     Query, Reset, Select, Set, SetExpr, Statement, TableFactor, Visit, Visitor,
 };
 
-use super::functions::{call_effect, literal_text};
+use super::functions::{call_effect, literal_text, reads_arguments};
 use super::settings::{assess_reset, assess_set};
 use super::{Effect, Effects, What};
 use crate::class::StatementClass::{
@@ -37,6 +37,12 @@ pub(crate) struct Unsupported(pub(crate) &'static str);
 pub(crate) struct Classified {
     pub(crate) kind: &'static str,
     pub(crate) effects: Effects,
+    /// Whether the classes may depend on the values of literals in the statement: it
+    /// holds (at any depth) a statement other than a query, `INSERT`, `UPDATE` or
+    /// `DELETE` (`SET x = 'v'` is judged by its value), or a call whose class depends on
+    /// its arguments (`set_config`). The shape cache only serves statements for which
+    /// this is false.
+    pub(crate) depends_on_literals: bool,
 }
 
 /// Classifies one top-level statement.
@@ -44,6 +50,7 @@ pub(crate) fn classify(statement: &Statement) -> Result<Classified, Unsupported>
     let mut collector = Collector {
         effects: Effects::default(),
         kind: None,
+        depends_on_literals: false,
     };
     if let ControlFlow::Break(unsupported) = statement.visit(&mut collector) {
         return Err(unsupported);
@@ -53,7 +60,11 @@ pub(crate) fn classify(statement: &Statement) -> Result<Classified, Unsupported>
     if effects.is_empty() {
         effects.push(Effect::new(Dangerous, What::Statement(kind)));
     }
-    Ok(Classified { kind, effects })
+    Ok(Classified {
+        kind,
+        effects,
+        depends_on_literals: collector.depends_on_literals,
+    })
 }
 
 /// Walks every node of one statement, collecting effects.
@@ -61,12 +72,24 @@ struct Collector {
     effects: Effects,
     /// The kind of the outermost statement (the first one visited).
     kind: Option<&'static str>,
+    depends_on_literals: bool,
 }
 
 impl Visitor for Collector {
     type Break = Unsupported;
 
     fn pre_visit_statement(&mut self, statement: &Statement) -> ControlFlow<Unsupported> {
+        // Only these are classified by their structure alone; everything else may look
+        // at values (`SET`, `COPY ... TO 'file'`, ...) now or after a later change.
+        if !matches!(
+            statement,
+            Statement::Query(_)
+                | Statement::Insert(_)
+                | Statement::Update(_)
+                | Statement::Delete(_)
+        ) {
+            self.depends_on_literals = true;
+        }
         match own_effects(statement, &mut self.effects) {
             Ok(kind) => {
                 self.kind.get_or_insert(kind);
@@ -122,6 +145,9 @@ impl Visitor for Collector {
 
 impl Collector {
     fn call(&mut self, name: &ObjectName, args: &[sqlparser::ast::FunctionArg]) {
+        if reads_arguments(name) {
+            self.depends_on_literals = true;
+        }
         if let Some(effect) = call_effect(name, args) {
             self.effects.push(effect);
         }

@@ -175,6 +175,17 @@ pub(crate) fn literal_text(expr: &Expr) -> Option<String> {
     }
 }
 
+/// Whether the class of a call of `name` depends on the values of its arguments
+/// (`set_config('role', ...)` is dangerous, `set_config('search_path', ...)` is not), so
+/// that a statement calling it cannot be classified once for every literal value. Names
+/// that are not plain identifiers count as depending on them.
+pub(crate) fn reads_arguments(name: &ObjectName) -> bool {
+    name.0
+        .last()
+        .and_then(|part| part.as_ident())
+        .is_none_or(|ident| SET_CONFIG.eq_ignore_ascii_case(&ident.value))
+}
+
 fn find(list: &[&'static str], name: &str) -> Option<&'static str> {
     list.iter()
         .copied()

@@ -25,6 +25,10 @@ const RECURSION_LIMIT: usize = 50;
 /// Longest parser error text passed on to the client.
 const MAX_ERROR_CHARS: usize = 300;
 
+/// Estimated fixed bytes of one cache entry (LRU node, key box, `Arc`), for the cache
+/// budgets.
+pub(crate) const ENTRY_OVERHEAD: usize = 256;
+
 /// One statement text, analysed. Immutable and shared through the cache.
 #[derive(Debug)]
 pub(crate) struct Analysis {
@@ -98,6 +102,9 @@ pub(crate) struct AnalyzedStatement {
     pub(crate) kind: &'static str,
     /// Its classes, each with the first part of the statement that needs it.
     pub(crate) effects: Effects,
+    /// Whether its classes may depend on literal values (see
+    /// [`classify::Classified::depends_on_literals`]).
+    pub(crate) depends_on_literals: bool,
 }
 
 /// Something in a statement that needs a class.
@@ -137,7 +144,7 @@ impl fmt::Display for What {
 /// The effects of one statement: the first effect found for each class, in the order
 /// found. (One per class is all a decision needs, and bounds the size no matter how
 /// many function calls a statement holds.)
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Effects {
     list: Vec<Effect>,
     classes: ClassSet,
@@ -222,6 +229,7 @@ fn outcome(sql: &str) -> Outcome {
             ast: statement,
             kind: classified.kind,
             effects: classified.effects,
+            depends_on_literals: classified.depends_on_literals,
         });
     }
 
@@ -279,7 +287,6 @@ fn client_safe(error: &ParserError) -> String {
 /// Estimated bytes held by a cache entry for `sql`: the key, the forwarded text and the
 /// syntax trees (estimated from the text length; a tree is a few times its text).
 fn weight(sql: &str, outcome: &Outcome) -> usize {
-    const ENTRY_OVERHEAD: usize = 256;
     const TREE_BYTES_PER_TEXT_BYTE: usize = 8;
     let held = match outcome {
         Outcome::Empty => 0,

@@ -1,4 +1,6 @@
-//! The decision engine: the shared analysis cache and the per-identity check.
+//! The decision engine: the shared analysis caches and the per-identity check.
+
+mod template;
 
 use std::fmt;
 use std::num::NonZeroUsize;
@@ -8,32 +10,92 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use lru::LruCache;
 use parking_lot::Mutex;
 
-use crate::analysis::{self, Analysis, AnalyzedStatement, Effect, Outcome, What};
+use crate::analysis::{self, Analysis, ENTRY_OVERHEAD, Effect, Effects, Outcome, What};
 use crate::class::ClassSet;
 use crate::config::DEFAULT_CACHE_MAX_BYTES;
 use crate::decision::{Decision, Denial, sqlstate};
 use crate::identity::Identity;
 use crate::policy::Policy;
+use crate::shape::normalize;
+use template::{Sighting, Template};
 
 /// Decides statements for all sessions of a proxy.
 ///
-/// It holds a bounded LRU cache from statement text to its analysis (parsed statements,
-/// classes, re-serialized text, or the parse error), so a repeated statement is parsed
-/// once. The analysis does not depend on the identity or the policy, so one engine
-/// serves every session and survives policy reloads. The cache is bounded both in
-/// entries and in estimated bytes; texts longer than the policy's
-/// `max_statement_bytes` never reach it.
+/// It holds two bounded LRU caches, each with the same limits in entries and estimated
+/// bytes:
+///
+/// - the exact-text cache, from statement text to its analysis (parsed statements,
+///   classes, re-serialized text, or the parse error), so a repeated statement is
+///   parsed once;
+/// - the shape cache, from a statement's shape (its text with simple literals replaced
+///   by `$1`, `$2`, ...) to a template proven to decide and forward every text of that
+///   shape exactly as the full analysis would (or to a note that the shape cannot have
+///   one), so that `... WHERE aid = 48213` and `... WHERE aid = 7` are analysed once
+///   between them. See the crate docs for why that is safe.
+///
+/// Analyses and templates do not depend on the identity or the policy, so one engine
+/// serves every session and survives policy reloads. Texts longer than the policy's
+/// `max_statement_bytes` reach neither cache.
 pub struct Engine {
-    cache: Mutex<Cache>,
+    cache: Mutex<Cache<Arc<Analysis>>>,
+    shapes: Mutex<Cache<ShapeEntry>>,
     hits: AtomicU64,
     misses: AtomicU64,
+    shape_hits: AtomicU64,
+    shape_misses: AtomicU64,
     empty: Arc<str>,
 }
 
-struct Cache {
-    entries: LruCache<Box<str>, Arc<Analysis>>,
+/// A bounded LRU map from text to `V`, bounded in entries and in estimated bytes.
+struct Cache<V> {
+    entries: LruCache<Box<str>, V>,
     bytes: usize,
     max_bytes: usize,
+}
+
+/// What the shape cache knows about one shape.
+#[derive(Clone)]
+enum ShapeEntry {
+    /// One text of this shape has been analysed; the next one will try to prove a
+    /// template against it.
+    Sighted(Arc<Sighting>),
+    /// Texts of this shape are decided and forwarded from the template.
+    Template(Arc<Template>),
+    /// The shape cannot have a template: its texts take the full analysis, and the
+    /// proof is not tried again while this entry lasts.
+    Rejected {
+        /// Estimated bytes held by the entry and its key.
+        weight: usize,
+    },
+}
+
+/// Something the cache budget accounts for.
+trait Weighted {
+    fn weight(&self) -> usize;
+}
+
+impl Weighted for Arc<Analysis> {
+    fn weight(&self) -> usize {
+        self.weight
+    }
+}
+
+impl Weighted for ShapeEntry {
+    fn weight(&self) -> usize {
+        match self {
+            ShapeEntry::Sighted(sighting) => sighting.weight,
+            ShapeEntry::Template(template) => template.weight,
+            ShapeEntry::Rejected { weight } => *weight,
+        }
+    }
+}
+
+/// Where the facts for deciding a text came from.
+enum Found {
+    /// The full analysis of the text (cached or fresh).
+    Analysis(Arc<Analysis>),
+    /// A template for the text's shape, and the text it forwards for this instance.
+    Template(Arc<Template>, Arc<str>),
 }
 
 impl Engine {
@@ -47,16 +109,16 @@ impl Engine {
     /// An engine whose cache keeps up to `cache_entries` statement texts and about
     /// `cache_max_bytes` of memory (both at least one). A single analysis larger than
     /// the whole budget is used but not cached.
+    ///
+    /// The shape cache has the same limits, separately.
     pub fn with_limits(cache_entries: usize, cache_max_bytes: usize) -> Engine {
-        let entries = NonZeroUsize::new(cache_entries).unwrap_or(NonZeroUsize::MIN);
         Engine {
-            cache: Mutex::new(Cache {
-                entries: LruCache::new(entries),
-                bytes: 0,
-                max_bytes: cache_max_bytes.max(1),
-            }),
+            cache: Mutex::new(Cache::new(cache_entries, cache_max_bytes)),
+            shapes: Mutex::new(Cache::new(cache_entries, cache_max_bytes)),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            shape_hits: AtomicU64::new(0),
+            shape_misses: AtomicU64::new(0),
             empty: Arc::from(""),
         }
     }
@@ -72,6 +134,9 @@ impl Engine {
     /// `passthrough: true`); and texts with any statement needing a class none of the
     /// user's roles is granted (42501). A multi-statement text is allowed or refused as
     /// a whole. Empty and comment-only texts are allowed and forwarded as `""`.
+    ///
+    /// A text whose shape has a template is decided from it, with the same decision
+    /// and forwarded text as the full analysis (the crate docs say why).
     pub fn check(&self, policy: &Policy, identity: &Identity, sql: &str) -> Decision {
         if policy.is_deny_all() {
             return deny(
@@ -98,7 +163,21 @@ impl Engine {
             return deny_no_role(identity);
         }
 
-        let analysis = self.analysis(sql);
+        let analysis = match self.lookup(sql) {
+            Found::Analysis(analysis) => analysis,
+            Found::Template(template, forwarded) => {
+                return decide(
+                    &grant,
+                    identity,
+                    template.classes,
+                    template
+                        .statements
+                        .iter()
+                        .map(|(kind, effects)| (*kind, effects)),
+                    forwarded,
+                );
+            }
+        };
         match &analysis.outcome {
             Outcome::Empty => Decision::Allow {
                 sql: Arc::clone(&self.empty),
@@ -119,28 +198,22 @@ impl Engine {
                 statements,
                 sql: forwarded,
                 classes,
-            } => {
-                if classes.is_subset(grant.classes) {
-                    return Decision::Allow {
-                        sql: Arc::clone(forwarded),
-                        classes: *classes,
-                        passthrough: false,
-                    };
-                }
-                if grant.roles.is_empty() {
-                    return deny_no_role(identity);
-                }
-                match first_refused(statements, grant.classes) {
-                    Some((statement, effect)) => deny_class(&grant, statement, effect),
-                    // Unreachable while `classes` is the union of the effects; refuse
-                    // anyway rather than trust that.
-                    None => deny_no_role(identity),
-                }
-            }
+            } => decide(
+                &grant,
+                identity,
+                *classes,
+                statements
+                    .iter()
+                    .map(|statement| (statement.kind, &statement.effects)),
+                Arc::clone(forwarded),
+            ),
         }
     }
 
-    /// `(hits, misses)` of the analysis cache since the engine was created.
+    /// `(hits, misses)` of the caches since the engine was created: a text decided from
+    /// the exact-text cache or from a shape's template without analysing anything is a
+    /// hit, a text for which a full analysis ran (of the text, or of its shape's key to
+    /// prove a template) a miss.
     pub fn cache_stats(&self) -> (u64, u64) {
         (
             self.hits.load(Ordering::Relaxed),
@@ -148,41 +221,146 @@ impl Engine {
         )
     }
 
-    /// How many statement texts the cache holds now.
+    /// `(hits, misses)` of the shape cache alone since the engine was created: texts
+    /// decided from a shape's template without analysing anything, and texts that
+    /// missed the exact-text cache, had a shape, and needed an analysis: the first text
+    /// of a shape, the second (whose shape's key is analysed to prove the template, and
+    /// which is then decided from it), and texts of shapes that cannot have a template.
+    /// Texts without a shape (no literal, or anything unusual) count in neither.
+    pub fn shape_cache_stats(&self) -> (u64, u64) {
+        (
+            self.shape_hits.load(Ordering::Relaxed),
+            self.shape_misses.load(Ordering::Relaxed),
+        )
+    }
+
+    /// How many statement texts the exact-text cache holds now.
     pub fn cache_len(&self) -> usize {
         self.cache.lock().entries.len()
     }
 
-    /// The analysis of `sql`, from the cache or freshly made (and then cached). The lock
-    /// is not held while parsing; two sessions missing on the same new text at once may
-    /// both parse it.
-    fn analysis(&self, sql: &str) -> Arc<Analysis> {
-        if let Some(found) = self.cache.lock().entries.get(sql) {
+    /// How many shapes the shape cache holds now (with or without a template).
+    pub fn shape_cache_len(&self) -> usize {
+        self.shapes.lock().entries.len()
+    }
+
+    /// What decides `sql`: its cached analysis, else its shape's template, else a fresh
+    /// analysis (then cached).
+    ///
+    /// A shape's template is learnt over its first two texts, so that a call pays for
+    /// at most one analysis (but once per shape whose proof fails): the first text is
+    /// analysed and remembered as the shape's sighting; the second has the shape's key
+    /// analysed, and is decided from the template if that proves one (else analysed
+    /// itself, and the shape is marked as having none).
+    /// No lock is held while parsing; two sessions missing on the same new text or shape
+    /// at once may both do the work. Texts decided from a template are not added to the
+    /// exact-text cache: they would only evict texts that need it.
+    fn lookup(&self, sql: &str) -> Found {
+        if let Some(found) = self.cache.lock().entries.get(sql).map(Arc::clone) {
             self.hits.fetch_add(1, Ordering::Relaxed);
-            return Arc::clone(found);
+            return Found::Analysis(found);
         }
+        let Some(shape) = normalize(sql) else {
+            return Found::Analysis(self.analyze(sql));
+        };
+        let key = shape.cache_key(sql);
+        let entry = self.shapes.lock().entries.get(key.as_str()).cloned();
+        match entry {
+            Some(ShapeEntry::Template(template)) => {
+                if let Some(forwarded) = template.instantiate(sql, &shape.literals) {
+                    self.shape_hits.fetch_add(1, Ordering::Relaxed);
+                    self.hits.fetch_add(1, Ordering::Relaxed);
+                    return Found::Template(template, Arc::from(forwarded));
+                }
+                self.shape_misses.fetch_add(1, Ordering::Relaxed);
+                Found::Analysis(self.analyze(sql))
+            }
+            Some(ShapeEntry::Rejected { .. }) => {
+                self.shape_misses.fetch_add(1, Ordering::Relaxed);
+                Found::Analysis(self.analyze(sql))
+            }
+            Some(ShapeEntry::Sighted(sighting)) => {
+                self.shape_misses.fetch_add(1, Ordering::Relaxed);
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                let key_analysis = analysis::analyze(&shape.key);
+                let learnt = Template::learn(&sighting, &key_analysis.outcome, key.len())
+                    .map(Arc::new)
+                    .and_then(|template| {
+                        let forwarded = template.instantiate(sql, &shape.literals)?;
+                        Some((template, forwarded))
+                    });
+                match learnt {
+                    Some((template, forwarded)) => {
+                        self.shapes.lock().insert(
+                            key.into_boxed_str(),
+                            ShapeEntry::Template(Arc::clone(&template)),
+                        );
+                        Found::Template(template, Arc::from(forwarded))
+                    }
+                    None => {
+                        let rejected = rejected(&key);
+                        self.shapes.lock().insert(key.into_boxed_str(), rejected);
+                        Found::Analysis(self.analyze_uncounted(sql))
+                    }
+                }
+            }
+            None => {
+                self.shape_misses.fetch_add(1, Ordering::Relaxed);
+                let analysis = self.analyze(sql);
+                let entry = match Sighting::of(sql, &shape, &analysis.outcome, key.len()) {
+                    Some(sighting) => ShapeEntry::Sighted(Arc::new(sighting)),
+                    None => rejected(&key),
+                };
+                self.shapes.lock().insert(key.into_boxed_str(), entry);
+                Found::Analysis(analysis)
+            }
+        }
+    }
+
+    /// The full analysis of `sql`, counted as a miss and cached.
+    fn analyze(&self, sql: &str) -> Arc<Analysis> {
         self.misses.fetch_add(1, Ordering::Relaxed);
+        self.analyze_uncounted(sql)
+    }
+
+    fn analyze_uncounted(&self, sql: &str) -> Arc<Analysis> {
         let analysis = Arc::new(analysis::analyze(sql));
-        self.cache.lock().insert(sql, Arc::clone(&analysis));
+        self.cache.lock().insert(sql.into(), Arc::clone(&analysis));
         analysis
     }
 }
 
-impl Cache {
-    fn insert(&mut self, sql: &str, analysis: Arc<Analysis>) {
-        let weight = analysis.weight;
+/// The shape cache entry for a shape that cannot have a template.
+fn rejected(key: &str) -> ShapeEntry {
+    ShapeEntry::Rejected {
+        weight: ENTRY_OVERHEAD.saturating_add(key.len()),
+    }
+}
+
+impl<V: Weighted> Cache<V> {
+    fn new(entries: usize, max_bytes: usize) -> Cache<V> {
+        let entries = NonZeroUsize::new(entries).unwrap_or(NonZeroUsize::MIN);
+        Cache {
+            entries: LruCache::new(entries),
+            bytes: 0,
+            max_bytes: max_bytes.max(1),
+        }
+    }
+
+    fn insert(&mut self, key: Box<str>, value: V) {
+        let weight = value.weight();
         if weight > self.max_bytes {
             return;
         }
-        if let Some((_, replaced)) = self.entries.push(sql.into(), analysis) {
-            // Either an evicted least-recently-used entry or the same text analysed
+        if let Some((_, replaced)) = self.entries.push(key, value) {
+            // Either an evicted least-recently-used entry or the same key filled
             // concurrently by another session: both leave the cache.
-            self.bytes = self.bytes.saturating_sub(replaced.weight);
+            self.bytes = self.bytes.saturating_sub(replaced.weight());
         }
         self.bytes = self.bytes.saturating_add(weight);
         while self.bytes > self.max_bytes {
             match self.entries.pop_lru() {
-                Some((_, evicted)) => self.bytes = self.bytes.saturating_sub(evicted.weight),
+                Some((_, evicted)) => self.bytes = self.bytes.saturating_sub(evicted.weight()),
                 None => {
                     self.bytes = 0;
                     break;
@@ -203,14 +381,31 @@ impl Default for Engine {
 impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (hits, misses) = self.cache_stats();
-        let cache = self.cache.lock();
+        let (shape_hits, shape_misses) = self.shape_cache_stats();
+        let (entries, capacity, bytes, max_bytes) = {
+            let cache = self.cache.lock();
+            (
+                cache.entries.len(),
+                cache.entries.cap(),
+                cache.bytes,
+                cache.max_bytes,
+            )
+        };
+        let (shapes, shape_bytes) = {
+            let shapes = self.shapes.lock();
+            (shapes.entries.len(), shapes.bytes)
+        };
         f.debug_struct("Engine")
-            .field("cache_entries", &cache.entries.len())
-            .field("cache_capacity", &cache.entries.cap())
-            .field("cache_bytes", &cache.bytes)
-            .field("cache_max_bytes", &cache.max_bytes)
+            .field("cache_entries", &entries)
+            .field("cache_capacity", &capacity)
+            .field("cache_bytes", &bytes)
+            .field("cache_max_bytes", &max_bytes)
             .field("hits", &hits)
             .field("misses", &misses)
+            .field("shape_entries", &shapes)
+            .field("shape_bytes", &shape_bytes)
+            .field("shape_hits", &shape_hits)
+            .field("shape_misses", &shape_misses)
             .finish()
     }
 }
@@ -238,17 +433,44 @@ impl<'a> Grant<'a> {
     }
 }
 
-/// The first effect, in statement order, whose class is not granted, with its statement.
-fn first_refused(
-    statements: &[AnalyzedStatement],
+/// The decision for parsed statements (each given as its kind and effects, in order)
+/// whose classes together are `classes`, forwarding `forwarded` if allowed.
+fn decide<'a>(
+    grant: &Grant<'_>,
+    identity: &Identity,
+    classes: ClassSet,
+    statements: impl Iterator<Item = (&'static str, &'a Effects)>,
+    forwarded: Arc<str>,
+) -> Decision {
+    if classes.is_subset(grant.classes) {
+        return Decision::Allow {
+            sql: forwarded,
+            classes,
+            passthrough: false,
+        };
+    }
+    if grant.roles.is_empty() {
+        return deny_no_role(identity);
+    }
+    match first_refused(statements, grant.classes) {
+        Some((kind, effect)) => deny_class(grant, kind, effect),
+        // Unreachable while `classes` is the union of the effects; refuse anyway rather
+        // than trust that.
+        None => deny_no_role(identity),
+    }
+}
+
+/// The first effect, in statement order, whose class is not granted, with its
+/// statement's kind.
+fn first_refused<'a>(
+    mut statements: impl Iterator<Item = (&'static str, &'a Effects)>,
     granted: ClassSet,
-) -> Option<(&AnalyzedStatement, &Effect)> {
-    statements.iter().find_map(|statement| {
-        statement
-            .effects
+) -> Option<(&'static str, &'a Effect)> {
+    statements.find_map(|(kind, effects)| {
+        effects
             .iter()
             .find(|effect| !granted.contains(effect.class))
-            .map(|effect| (statement, effect))
+            .map(|effect| (kind, effect))
     })
 }
 
@@ -271,7 +493,7 @@ fn deny_no_role(identity: &Identity) -> Decision {
     )
 }
 
-fn deny_class(grant: &Grant<'_>, statement: &AnalyzedStatement, effect: &Effect) -> Decision {
+fn deny_class(grant: &Grant<'_>, kind: &'static str, effect: &Effect) -> Decision {
     let mut roles = String::new();
     let mut rule = String::new();
     for (index, role) in grant.roles.iter().enumerate() {
@@ -285,8 +507,8 @@ fn deny_class(grant: &Grant<'_>, statement: &AnalyzedStatement, effect: &Effect)
     // "(INSERT)", "(COPY ... PROGRAM)", or where the refused part is nested in another
     // statement: "(DELETE in EXPLAIN)", "(function pg_read_file in SELECT)".
     let what = match effect.what {
-        What::Statement(part) if part.starts_with(statement.kind) => part.to_string(),
-        part => format!("{part} in {}", statement.kind),
+        What::Statement(part) if part.starts_with(kind) => part.to_string(),
+        part => format!("{part} in {kind}"),
     };
     deny(
         sqlstate::INSUFFICIENT_PRIVILEGE,
