@@ -72,7 +72,7 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
             report(&shared, client.as_mut(), &err).await;
         }
         if let Some(client) = client.as_mut() {
-            let _ = client.shutdown().await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), client.shutdown()).await;
         }
     }
     .instrument(span)
@@ -175,7 +175,10 @@ async fn report(shared: &Shared, client: Option<&mut Stream>, err: &SessionError
         if let SessionError::Client(_) = err {
             info!(code = pg.code, message = %pg.message, "session refused");
         }
-        let _ = client.write_all(&pg.to_bytes()).await;
-        let _ = client.flush().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = client.write_all(&pg.to_bytes()).await;
+            let _ = client.flush().await;
+        })
+        .await;
     }
 }

@@ -41,6 +41,8 @@ use crate::upstream::{CancelTarget, Upstream};
 const MAX_PENDING_DENIALS: usize = 1024;
 /// Batches in flight tracked for latency; beyond this, timings are dropped (not the data).
 const MAX_TRACKED_BATCHES: usize = 4096;
+/// How long the proxy tries to say goodbye to a peer that may not be reading.
+const GOODBYE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Read size from the server.
 const UPSTREAM_READ: usize = 64 * 1024;
 
@@ -148,15 +150,19 @@ pub async fn relay(
             }
         });
     }
-    // Whatever happened, the upstream session ends with the client's.
-    let _ = up_wr.write_all(&[b'X', 0, 0, 0, 4]).await;
-    let _ = up_wr.shutdown().await;
+    // Whatever happened, the upstream session ends with the client's. A peer that does
+    // not read must not keep the session task alive.
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+        let _ = up_wr.write_all(&[b'X', 0, 0, 0, 4]).await;
+        let _ = up_wr.shutdown().await;
+    })
+    .await;
     let client = client_rd.unsplit(client_wr);
     match end {
         Ok(End::ClientDone | End::ClientGone) => Ok(()),
         Ok(End::Drained) => {
             let e = PgError::fatal(sqlstate::ADMIN_SHUTDOWN, "terminating connection due to administrator command");
-            let _ = client.write_all(&e.to_bytes()).await;
+            let _ = tokio::time::timeout(GOODBYE_TIMEOUT, client.write_all(&e.to_bytes())).await;
             Ok(())
         }
         Ok(End::ServerClosed) => {
