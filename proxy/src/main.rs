@@ -64,6 +64,9 @@ enum Command {
     /// Manage the proxy's own user store.
     #[command(subcommand)]
     User(UserCommand),
+    /// Work with audit trails.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Start a throwaway PostgreSQL with the quickstart data behind a proxy.
     ///
     /// Needs the PostgreSQL server binaries (initdb, pg_ctl, postgres, psql). Prints a
@@ -79,6 +82,22 @@ enum Command {
         /// Directory of the example policy set (default: examples/quickstart).
         #[arg(long)]
         example: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of JSON-lines audit files, oldest first.
+    ///
+    /// Reports the first modified, missing, reordered or duplicated event precisely
+    /// (file line and event id) and exits non-zero if the trail is not intact.
+    Verify {
+        /// Audit files (rotated files first, the current one last).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Environment variable holding the HMAC key, for trails sealed with one.
+        #[arg(long)]
+        key_env: Option<String>,
     },
 }
 
@@ -180,6 +199,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("user {name} written to {}", file.display());
             Ok(())
         }
+        Command::Audit(AuditCommand::Verify { files, key_env }) => audit_verify(&files, key_env.as_deref()),
         Command::Demo {
             port,
             metrics_port,
@@ -209,6 +229,24 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     portcullis::upstream::Connector::new(&config.upstream)?;
     println!("{}: ok", path.display());
     Ok(())
+}
+
+fn audit_verify(files: &[PathBuf], key_env: Option<&str>) -> anyhow::Result<()> {
+    let key = key_env
+        .map(|var| std::env::var(var).with_context(|| format!("environment variable {var} is not set")))
+        .transpose()?;
+    let mut readers = Vec::with_capacity(files.len());
+    for file in files {
+        let f = std::fs::File::open(file).with_context(|| format!("{}", file.display()))?;
+        readers.push(std::io::BufReader::new(f));
+    }
+    let report = portcullis_audit::verify::verify(readers, key.as_deref().map(str::as_bytes));
+    println!("{report}");
+    if report.is_ok() {
+        Ok(())
+    } else {
+        bail!("the audit trail is not intact")
+    }
 }
 
 async fn stop_on_signal(token: CancellationToken) {

@@ -104,3 +104,31 @@ fn check_config_accepts_quickstart_and_points_at_bad_lines() {
     assert!(!bad.status.success());
     assert!(text(&bad).contains("reed"), "{}", text(&bad));
 }
+
+#[test]
+fn audit_verify_accepts_an_intact_chain_and_pinpoints_a_modification() {
+    use portcullis_audit::chain::Chainer;
+    use portcullis_audit::event::AuditEvent;
+    use portcullis_audit::format::Format;
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("audit.jsonl");
+    let mut chainer = Chainer::new("proxy-1", None);
+    let mut out = Vec::new();
+    for i in 0..5 {
+        let mut event = AuditEvent::login(format!("s{i}"), format!("user{i}"), i % 2 == 0);
+        chainer.seal(&mut event).unwrap();
+        Format::Json.encode(&event, &mut out).unwrap();
+    }
+    std::fs::write(&file, &out).unwrap();
+    let f = file.to_str().unwrap();
+
+    let ok = portcullis(&["audit", "verify", f], None);
+    assert!(ok.status.success(), "{}", text(&ok));
+
+    let tampered = String::from_utf8(out).unwrap().replacen("user2", "userX", 1);
+    std::fs::write(&file, tampered).unwrap();
+    let bad = portcullis(&["audit", "verify", f], None);
+    assert!(!bad.status.success());
+    assert!(text(&bad).contains("line 3"), "{}", text(&bad));
+}
