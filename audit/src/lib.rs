@@ -40,6 +40,7 @@ mod error;
 pub mod event;
 pub mod format;
 pub mod normalize;
+pub mod pipeline;
 pub mod sink;
 pub mod verify;
 

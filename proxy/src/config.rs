@@ -36,6 +36,9 @@ pub struct Config {
     /// Bounds on what one session may send and how long the proxy waits.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// The audit trail: where events go and in which formats.
+    #[serde(default)]
+    pub audit: Option<portcullis_audit::pipeline::AuditConfig>,
 }
 
 /// The client-facing listener.
@@ -345,6 +348,20 @@ impl Config {
         if let Some(SecretRef::File(p)) = &mut self.upstream.password {
             join(p);
         }
+        if let Some(audit) = &mut self.audit {
+            join(&mut audit.state_dir);
+            for sink in &mut audit.sinks {
+                if let Some(spool) = &mut sink.spool_dir {
+                    join(spool);
+                }
+                if let Some(file) = &mut sink.file {
+                    join(&mut file.path);
+                }
+                if let Some(ca) = sink.syslog.as_mut().and_then(|s| s.ca_file.as_mut()) {
+                    join(ca);
+                }
+            }
+        }
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
@@ -382,6 +399,11 @@ impl Config {
         }
         if self.listen.max_connections == 0 {
             return invalid("listen.max_connections must be at least 1");
+        }
+        if let Some(audit) = &self.audit {
+            if let Err(e) = audit.validate() {
+                return invalid(&format!("audit: {e}"));
+            }
         }
         Ok(())
     }

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Cluster, ClusterError, ClusterOptions};
 use crate::config::{ClientCertMode, Config, MetricsConfig, SecretRef, TlsConfig};
+use portcullis_audit::pipeline::{FileSettings, FormatKind, SinkConfig, SinkKind};
 use crate::server::{Server, ServerError};
 
 /// The demo users and their passwords, as documented in the README.
@@ -54,6 +55,10 @@ pub enum DemoError {
 /// A running demo. Dropping it stops PostgreSQL and removes its files; call
 /// [`Demo::shutdown`] first to stop the proxy cleanly.
 pub struct Demo {
+    /// The OCSF JSON-lines audit trail the demo writes.
+    pub audit_path: PathBuf,
+    /// The same trail as native hash-chained JSON lines.
+    pub chain_path: PathBuf,
     /// The proxy's address.
     pub proxy_addr: SocketAddr,
     /// The metrics endpoint's address.
@@ -154,6 +159,35 @@ pub async fn start(opts: DemoOptions) -> Result<Demo, DemoError> {
     config.metrics = Some(MetricsConfig {
         address: SocketAddr::from((Ipv4Addr::LOCALHOST, opts.metrics_port)),
     });
+    // The demo's audit trail: OCSF JSON lines in the demo directory, besides any sink the
+    // example configures.
+    let audit_path = dir.path().join("audit.ocsf.jsonl");
+    let chain_path = dir.path().join("audit.jsonl");
+    let mut audit = config.audit.take().unwrap_or_default();
+    audit.instance = "portcullis-demo".to_owned();
+    audit.state_dir = dir.path().join("audit-state");
+    let mut sink = SinkConfig::new("demo-file", SinkKind::File);
+    sink.format = FormatKind::Ocsf;
+    sink.flush_ms = 100;
+    sink.file = Some(FileSettings {
+        path: audit_path.clone(),
+        max_bytes: 64 * 1024 * 1024,
+        retain_count: Some(4),
+        retain_age_secs: None,
+    });
+    audit.sinks.push(sink);
+    // The same events in the native JSON form, which `portcullis audit verify` checks.
+    let mut chain = SinkConfig::new("demo-chain", SinkKind::File);
+    chain.format = FormatKind::Json;
+    chain.flush_ms = 100;
+    chain.file = Some(FileSettings {
+        path: chain_path.clone(),
+        max_bytes: 64 * 1024 * 1024,
+        retain_count: Some(4),
+        retain_age_secs: None,
+    });
+    audit.sinks.push(chain);
+    config.audit = Some(audit);
 
     let server = Server::bind(config, None).await?;
     let proxy_addr = server.local_addr()?;
@@ -161,6 +195,8 @@ pub async fn start(opts: DemoOptions) -> Result<Demo, DemoError> {
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(server.run(shutdown.clone()));
     Ok(Demo {
+        audit_path,
+        chain_path,
         proxy_addr,
         metrics_addr,
         cert_path,

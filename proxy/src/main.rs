@@ -290,6 +290,11 @@ async fn demo(port: u16, metrics_port: u16, example: Option<PathBuf>) -> anyhow:
     println!();
     println!("Directly to the throwaway PostgreSQL (bypasses the proxy, for comparison):");
     println!("{}", demo.direct_url());
+    println!();
+    println!("Audit trail as OCSF JSON lines (for a SIEM):");
+    println!("{}", demo.audit_path.display());
+    println!("and as hash-chained JSON lines (check with `portcullis audit verify <file>`):");
+    println!("{}", demo.chain_path.display());
     if let Some(m) = demo.metrics_addr {
         println!();
         println!("Prometheus metrics: http://{m}/metrics");

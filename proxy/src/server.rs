@@ -44,6 +44,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Size and time limits.
     pub limits: LimitsConfig,
+    /// The audit pipeline, when `[audit]` is configured.
+    pub audit: Option<portcullis_audit::pipeline::Auditor>,
     /// Fires on SIGTERM: sessions leave at their next idle point.
     pub drain: CancellationToken,
     /// Fires when the grace period is over: sessions end now.
@@ -65,6 +67,9 @@ pub enum ServerError {
     /// Policy problem.
     #[error("policy: {0}")]
     Policy(String),
+    /// The audit pipeline could not start.
+    #[error("audit: {0}")]
+    Audit(String),
     /// Could not bind a listener.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -83,6 +88,8 @@ pub struct Server {
     max_connections: usize,
     config_path: Option<PathBuf>,
     users_file: PathBuf,
+    audit_stop: CancellationToken,
+    audit_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Server {
@@ -107,6 +114,15 @@ impl Server {
             })?),
             None => None,
         };
+        let audit_stop = CancellationToken::new();
+        let (audit, audit_task) = match config.audit {
+            Some(audit_config) => {
+                let (auditor, task) = portcullis_audit::pipeline::Auditor::start(&audit_config, audit_stop.clone())
+                    .map_err(|e| ServerError::Audit(e.to_string()))?;
+                (Some(auditor), Some(task))
+            }
+            None => (None, None),
+        };
         let shared = Arc::new(Shared {
             tls,
             require_tls: config.listen.require_tls,
@@ -117,6 +133,7 @@ impl Server {
             cancels: CancelRegistry::default(),
             metrics: Arc::new(Metrics::new()),
             limits: config.limits,
+            audit,
             drain: CancellationToken::new(),
             kill: CancellationToken::new(),
         });
@@ -127,6 +144,8 @@ impl Server {
             max_connections: config.listen.max_connections,
             config_path,
             users_file: config.auth.users_file,
+            audit_stop,
+            audit_task,
         })
     }
 
@@ -169,17 +188,28 @@ impl Server {
             }) {
                 Ok(policy) => {
                     info!(version = policy.version(), "policy reloaded");
+                    self.audit_event(portcullis_audit::event::EventKind::PolicyReload, format!("policy version {}", policy.version()));
                     shared.policy.store(Arc::new(policy));
                 }
                 Err(e) => {
                     ok = false;
                     error!(error = %e, "policy reload failed; keeping the previous policy");
+                    self.audit_event(portcullis_audit::event::EventKind::PolicyReloadRefused, e);
                 }
             }
         }
         let outcome = if ok { "ok" } else { "failed" };
         shared.metrics.reloads.get_or_create(&Outcome { outcome }).inc();
         info!(outcome, "reload finished");
+    }
+
+    fn audit_event(&self, kind: portcullis_audit::event::EventKind, detail: String) {
+        if let Some(auditor) = &self.shared.audit {
+            let event = portcullis_audit::event::AuditEvent::new(kind).with_detail(detail);
+            if auditor.emit(event).is_err() {
+                warn!("audit queue unavailable; the loss is counted");
+            }
+        }
     }
 
     /// Accepts clients until `shutdown` fires, then drains: no new connections,
@@ -231,6 +261,13 @@ impl Server {
             warn!("grace period over: closing remaining sessions");
             self.shared.kill.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+        }
+        // Sessions are gone: let the audit pipeline drain its queue and flush its sinks.
+        self.audit_stop.cancel();
+        if let Some(task) = self.audit_task.take() {
+            if tokio::time::timeout(Duration::from_secs(10), task).await.is_err() {
+                warn!("audit pipeline did not finish flushing in time; its spool keeps the rest");
+            }
         }
         info!("shutdown complete");
     }

@@ -23,6 +23,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use portcullis;
+pub use portcullis_audit;
+
+pub mod wire;
 
 /// Demo users of the quickstart: (name, password).
 pub const ADMIN: (&str, &str) = ("admin", "admin-demo");

@@ -9,113 +9,26 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::Client;
 
+use portcullis_tests::wire::{
+    PROTOCOL_3_0, Tls, assert_still_serving, pg_connect, scalar, scram_login, server_cert,
+};
 use portcullis_tests::{
-    ANALYST, TestEnv, client_tls, describe_messages, error_fields, eventually, expect_closed,
-    frontend_message, metric, panics_so_far, query_message, raw_connect, raw_tls_connect_with,
-    read_message_within, read_until_ready, startup_message,
+    ANALYST, TestEnv, client_tls, describe_messages, eventually, expect_closed,
+    metric, panics_so_far, query_message, raw_connect, raw_tls_connect_with,
+    read_until_ready, startup_message,
 };
 
-type Tls = tokio_rustls::client::TlsStream<TcpStream>;
-type Messages = Vec<(u8, Vec<u8>)>;
-
-const PROTOCOL_3_0: i32 = 3 << 16;
 const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 const GSSENC_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30];
-
-// ----- helpers (the SCRAM login is the same as in robustness_wire.rs) ----------------------
-
-/// Sends a StartupMessage and runs SCRAM-SHA-256 (or -PLUS when `cert` is the server's
-/// certificate and the proxy offers it) until ReadyForQuery. Returns every message the
-/// proxy sent that is not an authentication request, and the mechanism used.
-async fn login<S>(
-    s: &mut S,
-    env: &TestEnv,
-    (user, password): (&str, &str),
-    cert: Option<&[u8]>,
-) -> Result<(Messages, String)>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let params = [("user", user), ("database", env.database.as_str())];
-    s.write_all(&startup_message(PROTOCOL_3_0, &params)).await?;
-    let mut scram: Option<ScramSha256> = None;
-    let mut used = String::new();
-    let mut seen = Vec::new();
-    loop {
-        let (tag, body) = read_message_within(s, 10)
-            .await?
-            .context("proxy closed during login")?;
-        match tag {
-            b'R' => {
-                let kind = i32::from_be_bytes(body[..4].try_into()?);
-                let data = &body[4..];
-                match kind {
-                    0 => {}
-                    10 => {
-                        let mechanisms: Vec<&[u8]> =
-                            data.split(|&b| b == 0).filter(|m| !m.is_empty()).collect();
-                        let plus = mechanisms.contains(&&b"SCRAM-SHA-256-PLUS"[..]);
-                        let (mechanism, binding) = match cert {
-                            Some(der) if plus => (
-                                "SCRAM-SHA-256-PLUS",
-                                ChannelBinding::tls_server_end_point(
-                                    portcullis_tests::portcullis::auth::tls_server_end_point(der),
-                                ),
-                            ),
-                            _ => ("SCRAM-SHA-256", ChannelBinding::unsupported()),
-                        };
-                        used = mechanism.to_owned();
-                        let client = ScramSha256::new(password.as_bytes(), binding);
-                        let mut msg = mechanism.as_bytes().to_vec();
-                        msg.push(0);
-                        msg.extend_from_slice(
-                            &i32::try_from(client.message().len())?.to_be_bytes(),
-                        );
-                        msg.extend_from_slice(client.message());
-                        s.write_all(&frontend_message(b'p', &msg)).await?;
-                        scram = Some(client);
-                    }
-                    11 => {
-                        let client = scram.as_mut().context("SASLContinue before SASL")?;
-                        client.update(data)?;
-                        s.write_all(&frontend_message(b'p', client.message()))
-                            .await?;
-                    }
-                    12 => scram
-                        .as_mut()
-                        .context("SASLFinal before SASL")?
-                        .finish(data)?,
-                    other => bail!("unexpected authentication request {other}"),
-                }
-            }
-            b'E' => bail!("login refused: {:?}", error_fields(&body)),
-            b'Z' => {
-                seen.push((tag, body));
-                return Ok((seen, used));
-            }
-            _ => seen.push((tag, body)),
-        }
-    }
-}
-
-fn server_cert(s: &Tls) -> Vec<u8> {
-    s.get_ref()
-        .1
-        .peer_certificates()
-        .expect("server certificate")[0]
-        .as_ref()
-        .to_vec()
-}
 
 /// Logs in with channel binding on an established TLS stream and runs a query.
 async fn login_and_query(s: &mut Tls, env: &TestEnv) -> Result<()> {
     let cert = server_cert(s);
-    let (_, mechanism) = login(s, env, ANALYST, Some(&cert)).await?;
+    let (_, mechanism) = scram_login(s, env, ANALYST, PROTOCOL_3_0, &[], Some(&cert)).await?;
     assert_eq!(
         mechanism, "SCRAM-SHA-256-PLUS",
         "channel binding offered over TLS"
@@ -125,44 +38,6 @@ async fn login_and_query(s: &mut Tls, env: &TestEnv) -> Result<()> {
     let msgs = read_until_ready(s).await?;
     let tags: Vec<u8> = msgs.iter().map(|(t, _)| *t).collect();
     assert_eq!(tags, b"TDCZ".to_vec(), "{}", describe_messages(&msgs));
-    Ok(())
-}
-
-async fn pg_connect(env: &TestEnv, who: (&str, &str)) -> Result<Client> {
-    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(client_tls(&env.cert_path)?);
-    let (client, connection) =
-        tokio_postgres::connect(&env.proxy_dsn(who, "sslmode=require"), tls).await?;
-    tokio::spawn(connection);
-    Ok(client)
-}
-
-async fn scalar(client: &Client, sql: &str) -> Result<String> {
-    for m in client.simple_query(sql).await? {
-        if let SimpleQueryMessage::Row(row) = m {
-            return Ok(row.get(0).unwrap_or_default().to_owned());
-        }
-    }
-    bail!("no row from {sql}")
-}
-
-async fn assert_still_serving(
-    env: &TestEnv,
-    before: &Client,
-    panics_at_start: usize,
-) -> Result<()> {
-    assert_eq!(
-        scalar(before, "SELECT 41 + 1")
-            .await
-            .context("session opened before")?,
-        "42"
-    );
-    let fresh = pg_connect(env, ANALYST).await.context("fresh session")?;
-    assert_eq!(scalar(&fresh, "SELECT 'still here'").await?, "still here");
-    assert_eq!(
-        panics_so_far(),
-        panics_at_start,
-        "a thread panicked (see the output above)"
-    );
     Ok(())
 }
 

@@ -9,108 +9,21 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use anyhow::{Context, Result, bail};
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::Client;
 
+use portcullis_tests::wire::{
+    PROTOCOL_3_0, Tls, assert_still_serving, direct, pg_connect, scalar, scram_login, server_cert,
+};
 use portcullis_tests::{
-    ADMIN, ANALYST, EnvOptions, SUPPORT, TestEnv, client_tls, describe_messages, error_fields,
+    ADMIN, ANALYST, EnvOptions, SUPPORT, TestEnv, describe_messages, error_fields,
     eventually, expect_closed, expect_error, expect_fatal_then_close, extended_messages,
     frontend_message, panics_so_far, query_message, raw_connect, raw_tls_connect,
     read_message_within, read_until_ready, startup_message, sync_message,
 };
 
-type Tls = tokio_rustls::client::TlsStream<TcpStream>;
-type Messages = Vec<(u8, Vec<u8>)>;
-
-const PROTOCOL_3_0: i32 = 3 << 16;
 
 // ----- helpers -------------------------------------------------------------------------
-
-/// Sends a StartupMessage and runs SCRAM-SHA-256 (or -PLUS when `cert` is the server's
-/// certificate and the proxy offers it) until ReadyForQuery. Returns every message the
-/// proxy sent that is not an authentication request.
-async fn login<S>(
-    s: &mut S,
-    env: &TestEnv,
-    (user, password): (&str, &str),
-    version: i32,
-    extra: &[(&str, &str)],
-    cert: Option<&[u8]>,
-) -> Result<Messages>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut params = vec![("user", user), ("database", env.database.as_str())];
-    params.extend_from_slice(extra);
-    s.write_all(&startup_message(version, &params)).await?;
-    let mut scram: Option<ScramSha256> = None;
-    let mut seen = Vec::new();
-    loop {
-        let (tag, body) = read_message_within(s, 10)
-            .await?
-            .context("proxy closed during login")?;
-        match tag {
-            b'R' => {
-                let kind = i32::from_be_bytes(body[..4].try_into()?);
-                let data = &body[4..];
-                match kind {
-                    0 => {}
-                    10 => {
-                        let mechanisms: Vec<&[u8]> =
-                            data.split(|&b| b == 0).filter(|m| !m.is_empty()).collect();
-                        let plus = mechanisms.contains(&&b"SCRAM-SHA-256-PLUS"[..]);
-                        let (mechanism, binding) = match cert {
-                            Some(der) if plus => (
-                                "SCRAM-SHA-256-PLUS",
-                                ChannelBinding::tls_server_end_point(
-                                    portcullis_tests::portcullis::auth::tls_server_end_point(der),
-                                ),
-                            ),
-                            _ => ("SCRAM-SHA-256", ChannelBinding::unsupported()),
-                        };
-                        let client = ScramSha256::new(password.as_bytes(), binding);
-                        let mut msg = mechanism.as_bytes().to_vec();
-                        msg.push(0);
-                        msg.extend_from_slice(
-                            &i32::try_from(client.message().len())?.to_be_bytes(),
-                        );
-                        msg.extend_from_slice(client.message());
-                        s.write_all(&frontend_message(b'p', &msg)).await?;
-                        scram = Some(client);
-                    }
-                    11 => {
-                        let client = scram.as_mut().context("SASLContinue before SASL")?;
-                        client.update(data)?;
-                        s.write_all(&frontend_message(b'p', client.message()))
-                            .await?;
-                    }
-                    12 => scram
-                        .as_mut()
-                        .context("SASLFinal before SASL")?
-                        .finish(data)?,
-                    other => bail!("unexpected authentication request {other}"),
-                }
-            }
-            b'E' => bail!("login refused: {:?}", error_fields(&body)),
-            b'Z' => {
-                seen.push((tag, body));
-                return Ok(seen);
-            }
-            _ => seen.push((tag, body)),
-        }
-    }
-}
-
-fn server_cert(s: &Tls) -> Vec<u8> {
-    s.get_ref()
-        .1
-        .peer_certificates()
-        .expect("server certificate")[0]
-        .as_ref()
-        .to_vec()
-}
 
 /// SSLRequest, TLS, StartupMessage, SCRAM-SHA-256-PLUS, until ReadyForQuery.
 async fn raw_login(env: &TestEnv, who: (&str, &str)) -> Result<Tls> {
@@ -120,56 +33,8 @@ async fn raw_login(env: &TestEnv, who: (&str, &str)) -> Result<Tls> {
 async fn raw_login_with(env: &TestEnv, who: (&str, &str), extra: &[(&str, &str)]) -> Result<Tls> {
     let mut s = raw_tls_connect(env).await?;
     let cert = server_cert(&s);
-    login(&mut s, env, who, PROTOCOL_3_0, extra, Some(&cert)).await?;
+    scram_login(&mut s, env, who, PROTOCOL_3_0, extra, Some(&cert)).await?;
     Ok(s)
-}
-
-/// A tokio-postgres session through the proxy over TLS.
-async fn pg_connect(env: &TestEnv, who: (&str, &str)) -> Result<Client> {
-    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(client_tls(&env.cert_path)?);
-    let (client, connection) =
-        tokio_postgres::connect(&env.proxy_dsn(who, "sslmode=require"), tls).await?;
-    tokio::spawn(connection);
-    Ok(client)
-}
-
-/// A superuser session straight to the database.
-async fn direct(env: &TestEnv) -> Result<Client> {
-    let (client, connection) = tokio_postgres::connect(&env.direct_dsn(), NoTls).await?;
-    tokio::spawn(connection);
-    Ok(client)
-}
-
-async fn scalar(client: &Client, sql: &str) -> Result<String> {
-    for m in client.simple_query(sql).await? {
-        if let SimpleQueryMessage::Row(row) = m {
-            return Ok(row.get(0).unwrap_or_default().to_owned());
-        }
-    }
-    bail!("no row from {sql}")
-}
-
-/// The proxy still serves: the session opened before the bad input works, and so does
-/// a fresh one; no thread panicked.
-async fn assert_still_serving(
-    env: &TestEnv,
-    before: &Client,
-    panics_at_start: usize,
-) -> Result<()> {
-    assert_eq!(
-        scalar(before, "SELECT 41 + 1")
-            .await
-            .context("session opened before")?,
-        "42"
-    );
-    let fresh = pg_connect(env, ANALYST).await.context("fresh session")?;
-    assert_eq!(scalar(&fresh, "SELECT 'still here'").await?, "still here");
-    assert_eq!(
-        panics_so_far(),
-        panics_at_start,
-        "a thread panicked (see the output above)"
-    );
-    Ok(())
 }
 
 /// The connection was refused: either closed without a word, or with FATAL `code` and
@@ -356,7 +221,7 @@ async fn newer_minor_version_and_protocol_options_are_negotiated_down() -> Resul
     let (env, before, panics) = start().await?;
     let mut s = raw_tls_connect(&env).await?;
     let cert = server_cert(&s);
-    let msgs = login(
+    let (msgs, _) = scram_login(
         &mut s,
         &env,
         ANALYST,
@@ -956,7 +821,7 @@ async fn non_utf8_client_encoding_text_is_not_mangled() -> Result<()> {
     // encoding it cannot handle, or the client's bytes must reach the server unchanged.
     let mut s = raw_tls_connect(&env).await?;
     let cert = server_cert(&s);
-    match login(
+    match scram_login(
         &mut s,
         &env,
         ANALYST,

@@ -2,6 +2,9 @@
 //! tests); batching, retry with backoff and the disk spool are shared, in `pipeline`.
 
 pub mod file;
+pub mod http;
+pub mod nats;
+pub mod syslog;
 
 use std::future::Future;
 use std::pin::Pin;

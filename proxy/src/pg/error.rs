@@ -27,6 +27,8 @@ pub mod sqlstate {
     pub const TOO_MANY_CONNECTIONS: &str = "53300";
     /// Proxy is shutting down.
     pub const ADMIN_SHUTDOWN: &str = "57P01";
+    /// The audit trail cannot be written (fail-closed sinks).
+    pub const INSUFFICIENT_RESOURCES: &str = "53000";
     /// Statement too large and similar limits.
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
     /// A feature the proxy does not support (e.g. replication connections).

@@ -58,9 +58,24 @@ pub async fn authenticate(
     let binding = tls.and_then(|t| try_tls_server_end_point(&t.server_cert));
     let mut scram = ScramServer::new(&user, record.as_ref().map(|r| r.verifier.clone()), binding);
 
+    let audit_failure = |reason: &str| {
+        if let Some(auditor) = &shared.audit {
+            let ctx = super::audit::SessionContext {
+                session_id: "",
+                peer,
+                tls,
+                database: params.params.get("database").map(String::as_str),
+                application_name: params.params.get("application_name").map(String::as_str),
+            };
+            if auditor.emit(super::audit::login_event(&ctx, &user, false, Some(reason))).is_err() {
+                warn!("audit queue unavailable; the loss is counted");
+            }
+        }
+    };
     let failed = |reason: &'static str, detail: String| {
         shared.metrics.auth_failures.get_or_create(&Kind { kind: reason }).inc();
         warn!(%user, %peer, reason, detail = %detail, "authentication failed");
+        audit_failure(reason);
         SessionError::Client(PgError::fatal(
             sqlstate::INVALID_PASSWORD,
             format!("password authentication failed for user \"{user}\""),
@@ -94,6 +109,7 @@ pub async fn authenticate(
     if record.is_expired(OffsetDateTime::now_utc()) {
         shared.metrics.auth_failures.get_or_create(&Kind { kind: "expired" }).inc();
         warn!(%user, %peer, "login refused: account expired");
+        audit_failure("expired");
         return Err(SessionError::Client(PgError::fatal(
             sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
             format!("portcullis: account \"{user}\" has expired"),

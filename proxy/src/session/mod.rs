@@ -5,6 +5,7 @@
 //! greet the client, then relay until either side ends. Each step is a function in
 //! this module's children.
 
+mod audit;
 mod auth;
 mod handshake;
 mod relay;
@@ -127,7 +128,23 @@ async fn establish_and_relay(
         return (Some(client), Err(e.into()));
     }
 
-    let result = relay::relay(shared, &mut client, upstream, &identity, &cancel_target).await;
+    let session_id = format!("{:08x}", registration.pid);
+    let ctx = audit::SessionContext {
+        session_id: &session_id,
+        peer,
+        tls: tls.as_ref(),
+        database: params.params.get("database").map(String::as_str),
+        application_name: params.params.get("application_name").map(String::as_str),
+    };
+    let mut session_audit = shared.audit.clone().map(|auditor| {
+        let audit = audit::SessionAudit::new(auditor, &ctx, &identity.identity);
+        audit.emit(audit::login_event(&ctx, &identity.identity.user, true, None));
+        audit
+    });
+    let result = relay::relay(shared, &mut client, upstream, &identity, &cancel_target, session_audit.as_mut()).await;
+    if let Some(audit) = &session_audit {
+        audit.emit(audit.end_event());
+    }
     drop(registration);
     (Some(client), result)
 }

@@ -30,6 +30,9 @@ use super::auth::Authenticated;
 use crate::pg::error::sqlstate;
 use crate::pg::scan::{BackendScanner, Piece};
 use crate::pg::error::field;
+use portcullis_audit::event::{AuditEvent, DecisionInfo, Outcome};
+use portcullis_audit::pipeline::Auditor;
+use super::audit::{SessionAudit, StatementAudit};
 use crate::pg::messages::{self, DecodeError};
 use crate::pg::{Framer, PgError, RawMessage};
 use crate::server::Shared;
@@ -67,6 +70,8 @@ struct PendingDenial {
 /// What the backend side needs to know about a batch.
 struct BatchInfo {
     started: Instant,
+    /// Audit events of the batch (one per Query or Execute).
+    events: Vec<AuditEvent>,
     /// Error positions refer to the forwarded text, not the client's: they are
     /// dropped for batches whose text was rewritten.
     rewritten: bool,
@@ -85,6 +90,12 @@ struct Inflight {
     open_since: Option<Instant>,
     /// Whether a statement of the open batch was forwarded in a different text.
     open_rewritten: bool,
+    /// Audit events of the open batch, completed at its ReadyForQuery.
+    open_events: Vec<AuditEvent>,
+    /// Index of the open batch's event that the next CommandComplete belongs to.
+    open_next: usize,
+    /// Rows returned or affected over the session (for the session-end event).
+    total_rows: u64,
     /// Ended batches awaiting ReadyForQuery.
     ended: VecDeque<BatchInfo>,
     denials: VecDeque<PendingDenial>,
@@ -106,6 +117,7 @@ pub async fn relay(
     upstream: Upstream,
     auth: &Authenticated,
     cancel: &CancelTarget,
+    audit: Option<&mut SessionAudit>,
 ) -> Result<(), SessionError> {
     let Upstream { stream: upstream_stream, leftover, .. } = upstream;
     let marker = format!("portcullis_denied_{:016x}", rand::rng().random::<u64>());
@@ -123,6 +135,7 @@ pub async fn relay(
         marker: &marker,
         framer: Framer::new(shared.limits.max_message_bytes),
         out: BytesMut::with_capacity(16 * 1024),
+        audit,
     };
     let mut back = Backend {
         shared,
@@ -132,12 +145,17 @@ pub async fn relay(
         buf: leftover,
         out: BytesMut::with_capacity(UPSTREAM_READ),
         pieces: Vec::new(),
+        auditor: shared.audit.clone(),
     };
     let end = tokio::select! {
         r = front.run(&mut client_rd, &mut up_wr) => r,
         r = back.run(&mut up_rd, &mut client_wr) => r,
         () = shared.kill.cancelled() => Ok(End::Drained),
     };
+    let total_rows = state.lock().total_rows;
+    if let Some(audit) = front.audit.as_deref_mut() {
+        audit.add_rows(total_rows);
+    }
     // A statement still running upstream would go on after the client is gone (the
     // server does not read its socket while executing): cancel it, unless the client
     // itself ended cleanly.
@@ -183,6 +201,7 @@ struct Frontend<'a> {
     marker: &'a str,
     framer: Framer,
     out: BytesMut,
+    audit: Option<&'a mut SessionAudit>,
 }
 
 impl Frontend<'_> {
@@ -228,10 +247,19 @@ impl Frontend<'_> {
             b'Q' => {
                 self.begin();
                 match messages::query::decode(msg.body()) {
-                    Ok(sql) => match self.decide(sql) {
-                        Ok(forward) => messages::query::encode(&forward, &mut self.out),
-                        Err(denial) => self.deny_query(denial)?,
-                    },
+                    Ok(sql) => {
+                        let (decision, stmt) = self.decide(sql);
+                        if let Some(audit) = self.audit.as_deref_mut() {
+                            if let Some(stmt) = stmt {
+                                let event = audit.statement_event(&stmt);
+                                self.state.lock().open_events.push(event);
+                            }
+                        }
+                        match decision {
+                            Ok(forward) => messages::query::encode(&forward, &mut self.out),
+                            Err(denial) => self.deny_query(denial)?,
+                        }
+                    }
                     Err(DecodeError::Malformed(what)) => return Err(malformed(what)),
                     Err(e @ DecodeError::InvalidUtf8(_)) => {
                         self.shared.metrics.statement("invalid_encoding");
@@ -243,14 +271,20 @@ impl Frontend<'_> {
             b'P' => {
                 self.begin();
                 match messages::parse::decode(msg.body()) {
-                    Ok(parse) => match self.decide(parse.query) {
-                        Ok(forward) => messages::parse::encode(&parse, &forward, &mut self.out),
-                        Err(denial) => {
-                            let poison = messages::parse::Parse { query: "", ..parse };
-                            let marker = self.marker;
-                            self.deny(denial, |out| messages::parse::encode(&poison, marker, out))?;
+                    Ok(parse) => {
+                        let (decision, stmt) = self.decide(parse.query);
+                        if let (Some(audit), Some(stmt)) = (self.audit.as_deref_mut(), stmt) {
+                            audit.on_parse(parse.name, stmt);
                         }
-                    },
+                        match decision {
+                            Ok(forward) => messages::parse::encode(&parse, &forward, &mut self.out),
+                            Err(denial) => {
+                                let poison = messages::parse::Parse { query: "", ..parse };
+                                let marker = self.marker;
+                                self.deny(denial, |out| messages::parse::encode(&poison, marker, out))?;
+                            }
+                        }
+                    }
                     Err(DecodeError::Malformed(what)) => return Err(malformed(what)),
                     Err(e @ DecodeError::InvalidUtf8(_)) => {
                         self.shared.metrics.statement("invalid_encoding");
@@ -284,6 +318,9 @@ impl Frontend<'_> {
             }
             b'B' | b'E' | b'D' | b'C' | b'H' => {
                 self.begin();
+                if self.audit.is_some() {
+                    self.audit_extended(msg.tag, msg.body())?;
+                }
                 self.out.extend_from_slice(&msg.raw);
             }
             // COPY data belongs to the batch of the statement that started the copy.
@@ -298,16 +335,37 @@ impl Frontend<'_> {
         Ok(false)
     }
 
-    /// Asks the policy; `Ok(sql to forward)` or `Err(error for the client)`.
-    fn decide(&self, sql: &str) -> Result<Arc<str>, PgError> {
+    /// Asks the policy: the text to forward or the client's error, and (when auditing)
+    /// what the audit trail records about the statement.
+    fn decide(&self, sql: &str) -> (Result<Arc<str>, PgError>, Option<Arc<StatementAudit>>) {
         let policy = self.shared.policy.load();
+        let auditing = self.audit.is_some();
+        if auditing {
+            if let Some(audit) = self.audit.as_deref() {
+                if !audit.auditor().healthy() {
+                    self.shared.metrics.statement("audit_unavailable");
+                    let e = PgError::error(
+                        sqlstate::INSUFFICIENT_RESOURCES,
+                        "portcullis: the audit trail cannot be written; statements are refused until it recovers",
+                    );
+                    return (Err(e), None);
+                }
+            }
+        }
         match self.shared.engine.check(&policy, self.identity, sql) {
-            Decision::Allow { sql: forward, passthrough, .. } => {
+            Decision::Allow { sql: forward, passthrough, classes } => {
                 self.shared.metrics.statement(if passthrough { "passthrough" } else { "allowed" });
                 if *forward != *sql {
                     self.state.lock().open_rewritten = true;
                 }
-                Ok(forward)
+                let stmt = auditing.then(|| {
+                    let decision = DecisionInfo::new(Outcome::Allowed)
+                        .with_rule(if passthrough { "unparsed_passthrough" } else { "allow" })
+                        .with_policy_version(policy.version());
+                    let classes = classes.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(",");
+                    SessionAudit::describe(sql, decision, Some(classes))
+                });
+                (Ok(forward), stmt)
             }
             Decision::Deny(denial) => {
                 let outcome = match denial.sqlstate {
@@ -323,9 +381,33 @@ impl Frontend<'_> {
                     policy_version = policy.version(),
                     "statement denied"
                 );
-                Err(PgError::error(denial.sqlstate, denial.message))
+                let stmt = auditing.then(|| {
+                    let decision = DecisionInfo::new(Outcome::Denied)
+                        .with_rule(denial.rule.clone())
+                        .with_policy_version(policy.version());
+                    SessionAudit::describe(sql, decision, None)
+                });
+                (Err(PgError::error(denial.sqlstate, denial.message)), stmt)
             }
         }
+    }
+
+    /// Tracks Bind (portal -> statement) and opens an event per Execute.
+    fn audit_extended(&mut self, tag: u8, body: &[u8]) -> Result<(), SessionError> {
+        let Some(audit) = self.audit.as_deref_mut() else { return Ok(()) };
+        match tag {
+            b'B' => {
+                let (portal, statement) = messages::bind::names(body).map_err(|_| malformed("Bind"))?;
+                audit.on_bind(portal, statement);
+            }
+            b'E' => {
+                let portal = messages::bind::execute_portal(body).map_err(|_| malformed("Execute"))?;
+                let event = audit.on_execute(portal);
+                self.state.lock().open_events.push(event);
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// Denies a simple-protocol statement: a failing Query goes upstream in its place.
@@ -366,13 +448,21 @@ impl Frontend<'_> {
         st.open_batch = false;
         let started = st.open_since.take().unwrap_or_else(Instant::now);
         let rewritten = std::mem::take(&mut st.open_rewritten);
+        let events = std::mem::take(&mut st.open_events);
+        st.open_next = 0;
         if st.ended.len() < MAX_TRACKED_BATCHES {
-            st.ended.push_back(BatchInfo { started, rewritten });
+            st.ended.push_back(BatchInfo { started, events, rewritten });
+        } else if let Some(audit) = &self.audit {
+            // Untracked batch: its events go out now, without results, rather than never.
+            for event in events {
+                audit.emit(event);
+            }
         }
     }
 }
 
 struct Backend<'a> {
+    auditor: Option<Auditor>,
     shared: &'a Shared,
     state: &'a Mutex<Inflight>,
     marker: &'a [u8],
@@ -418,12 +508,25 @@ impl Backend<'_> {
                                 _ => None,
                             }
                         };
+                        let code = match &replacement {
+                            Some(error) => field(error.get(5..).unwrap_or_default(), b'C').map(<[u8]>::to_vec),
+                            None => field(raw.get(5..).unwrap_or_default(), b'C').map(<[u8]>::to_vec),
+                        };
+                        if self.auditor.is_some() {
+                            self.record_error(code.as_deref());
+                        }
                         match replacement {
                             Some(error) => self.out.unsplit(error),
                             None => self.forward_report(raw),
                         }
                     }
                     Piece::Message { tag: b'N', raw } => self.forward_report(raw),
+                    Piece::Message { tag: b'C', raw } => {
+                        if self.auditor.is_some() {
+                            self.record_rows(&raw);
+                        }
+                        self.out.unsplit(raw);
+                    }
                     Piece::Message { tag: b'S', raw } => {
                         check_parameter_status(&raw)?;
                         self.out.unsplit(raw);
@@ -442,10 +545,17 @@ impl Backend<'_> {
                         st.batches_done += 1;
                         st.status = status;
                         if let Some(batch) = st.ended.pop_front() {
-                            self.shared
-                                .metrics
-                                .statement_duration
-                                .observe(batch.started.elapsed().as_secs_f64());
+                            let elapsed = batch.started.elapsed();
+                            self.shared.metrics.statement_duration.observe(elapsed.as_secs_f64());
+                            if let Some(auditor) = &self.auditor {
+                                let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+                                for mut event in batch.events {
+                                    event.duration_us = Some(micros);
+                                    if auditor.emit(event).is_err() {
+                                        warn!("audit queue unavailable; the loss is counted");
+                                    }
+                                }
+                            }
                         }
                         drained = st.draining && st.idle();
                         drop(st);
@@ -470,6 +580,46 @@ impl Backend<'_> {
 }
 
 impl Backend<'_> {
+    /// The event a CommandComplete or ErrorResponse belongs to: the next one of the
+    /// oldest unfinished batch (or of the open batch, when it has not ended yet).
+    fn with_current_event(&self, f: impl FnOnce(&mut AuditEvent), advance: bool) {
+        let mut st = self.state.lock();
+        let st = &mut *st;
+        let (events, next) = match st.ended.front_mut() {
+            Some(batch) => {
+                let done = batch.events.iter().position(|e| e.rows.is_none() && e.sqlstate.is_none());
+                (&mut batch.events, done)
+            }
+            None => {
+                let i = st.open_next;
+                (&mut st.open_events, Some(i))
+            }
+        };
+        let Some(last) = events.len().checked_sub(1) else { return };
+        let index = next.unwrap_or(last).min(last);
+        f(&mut events[index]);
+        if advance && st.ended.is_empty() {
+            st.open_next += 1;
+        }
+    }
+
+    fn record_rows(&self, raw: &[u8]) {
+        // CommandComplete's tag ends with the row count ("SELECT 5", "INSERT 0 3").
+        let tag = raw.get(5..raw.len().saturating_sub(1)).unwrap_or_default();
+        let rows = tag
+            .rsplit(|&b| b == b' ')
+            .next()
+            .and_then(|n| std::str::from_utf8(n).ok())
+            .and_then(|n| n.parse::<u64>().ok());
+        self.state.lock().total_rows += rows.unwrap_or(0);
+        self.with_current_event(|e| e.rows = Some(rows.unwrap_or(0)), true);
+    }
+
+    fn record_error(&self, code: Option<&[u8]>) {
+        let code = code.map(|c| String::from_utf8_lossy(c).into_owned());
+        self.with_current_event(|e| e.sqlstate = code, true);
+    }
+
     /// Forwards an ErrorResponse or NoticeResponse, without its position field when
     /// the statement it points into was forwarded in a text other than the client's.
     fn forward_report(&mut self, raw: BytesMut) {

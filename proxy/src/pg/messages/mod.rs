@@ -7,6 +7,7 @@
 //! a [`DecodeError`] the session turns into the right SQLSTATE. Encoding still uses
 //! pgwire's message types.
 
+pub mod bind;
 pub mod parse;
 pub mod query;
 pub mod sasl;

@@ -1,0 +1,98 @@
+//! The dispatcher: the single task that seals events into the chain, encodes them for
+//! each sink, applies each sink's filter, and hands the records to the sink workers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+use super::config::Filter;
+use crate::chain::Chainer;
+use crate::event::{AuditEvent, EventKind};
+use crate::format::Format;
+
+/// How often pending losses are reported when no event arrives.
+const LOSS_TICK: Duration = Duration::from_secs(1);
+
+/// One sink as the dispatcher sees it.
+pub(crate) struct Route {
+    pub(crate) name: String,
+    pub(crate) filter: Filter,
+    pub(crate) format: Format,
+    pub(crate) tx: mpsc::Sender<Vec<u8>>,
+}
+
+pub(crate) struct Dispatcher {
+    pub(crate) rx: mpsc::Receiver<AuditEvent>,
+    pub(crate) chainer: Chainer,
+    pub(crate) routes: Vec<Route>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Dispatcher {
+    /// Runs until `shutdown`, then drains what is queued and returns (dropping the
+    /// routes closes the workers' channels, which makes them flush and stop).
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(LOSS_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                ev = self.rx.recv() => match ev {
+                    Some(ev) => {
+                        self.report_loss().await;
+                        self.handle(ev).await;
+                    }
+                    None => break,
+                },
+                _ = tick.tick() => self.report_loss().await,
+            }
+        }
+        self.rx.close();
+        while let Some(ev) = self.rx.recv().await {
+            self.handle(ev).await;
+        }
+        self.report_loss().await;
+    }
+
+    /// Turns losses counted since the last report into one `audit_loss` event.
+    async fn report_loss(&mut self) {
+        let n = self.shared.take_unreported();
+        if n == 0 {
+            return;
+        }
+        let total = self.shared.lost();
+        let ev = AuditEvent::new(EventKind::AuditLoss)
+            .with_detail(format!("{n} audit events lost ({total} since start)"));
+        self.handle(ev).await;
+    }
+
+    async fn handle(&mut self, mut ev: AuditEvent) {
+        if let Err(e) = self.chainer.seal(&mut ev) {
+            tracing::error!(error = %e, "sealing audit event failed; event lost");
+            self.shared.record_loss(1);
+            return;
+        }
+        let mut buf = Vec::with_capacity(1024);
+        for route in &self.routes {
+            if !route.filter.matches(&ev) {
+                continue;
+            }
+            buf.clear();
+            if let Err(e) = route.format.encode(&ev, &mut buf) {
+                tracing::error!(sink = %route.name, error = %e, "encoding audit event failed; event lost");
+                self.shared.record_loss(1);
+                continue;
+            }
+            // Waiting here (when a worker is slow) lets the queue fill, which is where
+            // back-pressure turns into counted loss or fail-closed refusal.
+            if route.tx.send(buf.clone()).await.is_err() {
+                tracing::error!(sink = %route.name, "audit sink worker is gone; event lost");
+                self.shared.record_loss(1);
+            }
+        }
+    }
+}

@@ -1,0 +1,447 @@
+//! The audit path out of the query path.
+//!
+//! ```text
+//! Auditor::emit (try_send, never waits)
+//!   -> bounded queue (queue_capacity)
+//!   -> dispatcher task: seal (Chainer) -> per sink: filter, encode
+//!   -> per-sink bounded channel
+//!   -> sink worker: batch (batch_max / flush_ms) -> Sink::send
+//!        on failure: spool to disk (length + SHA-256 per record, fsync per batch),
+//!        back off (100 ms .. 30 s, jittered), replay the spool in order, then resume
+//! ```
+//!
+//! # What is never silent
+//!
+//! - **Queue full.** If any sink is `overflow = "fail_closed"`, [`Auditor::emit`]
+//!   returns [`AuditUnavailable`] and the proxy refuses the statement. Otherwise the
+//!   event is counted ([`Auditor::lost`]) and, as soon as the dispatcher runs again
+//!   (within a second), an `audit_loss` event carrying the count is sealed into the
+//!   chain and sent to every sink.
+//! - **Spool full** (`spool_max_bytes`, default 1 GiB; 0 disables the spool). A
+//!   `spool` sink counts the batch as lost and `audit_loss` is emitted. A
+//!   `fail_closed` sink keeps the batch in memory, stops taking new records (so the
+//!   queue fills behind it) and makes [`Auditor::healthy`] false, so that `emit`
+//!   refuses and the proxy refuses statements; once the receiver takes the spool and
+//!   that batch, audit is healthy again by itself. Nothing is lost, but every sink
+//!   stalls with it: fail-closed means the proxy stops rather than audits partially.
+//! - **After shutdown** `emit` treats the closed queue like a full one.
+//!
+//! # Delivery contract: at least once, in order, per sink
+//!
+//! A batch is removed from the spool only after [`Sink::send`]
+//! returned `Ok`. A send that failed may have partly arrived (a TCP write that reached
+//! the receiver before the connection broke, an HTTP request whose response was
+//! lost), and the whole batch is sent again; a crash between a delivery and the
+//! recording of spool progress also resends. Receivers therefore may see **duplicates**,
+//! never gaps or reordering within one sink; `instance` + `seq` identify an event and
+//! `hash` proves it is the same one, so receivers (and `portcullis audit verify`) can
+//! drop duplicates. Plain TCP syslog has no application-level acknowledgement: see
+//! [`crate::sink::syslog`] for what that leaves open.
+//!
+//! Sinks with a filter see a subset of the chain, so their `seq` has gaps by design;
+//! keep one unfiltered sink (normally the JSON file) to verify the whole chain.
+//!
+//! # Chain resumption
+//!
+//! The chain restarts after the newest of: the last event of the first JSON file
+//! sink, and the newest record of every spool holding native JSON (the file sinks'
+//! spools always do). TODO: sinks spooling other formats (syslog, CEF, OCSF) do not
+//! take part; persisting the chain head in `state_dir` would cover them.
+//!
+//! # TODO
+//!
+//! - Metrics (queue depth, per-sink spool bytes, retries) for the admin endpoint.
+//! - While a `spool` sink loses events, each `audit_loss` event it cannot keep is
+//!   itself counted and reported on the next tick (one per second to the other
+//!   sinks); rate-limiting or folding those is left to do.
+//! - A batch the receiver refuses for good (`SinkError::Permanent`) is retried like a
+//!   transient failure; a dead-letter file would unblock the sink instead.
+
+mod config;
+mod dispatch;
+mod file;
+mod spool;
+mod worker;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{
+    AuditConfig, AuditConfigError, ElasticsearchSettings, FileSettings, Filter, FormatKind,
+    NamedFilter, NatsSettings, Overflow, SinkConfig, SinkKind, SplunkSettings, SyslogSettings,
+};
+
+use crate::chain::{Chainer, Link};
+use crate::event::AuditEvent;
+use crate::format::Format;
+use crate::sink::Sink;
+use crate::sink::http::{HttpAuth, HttpFlavor, HttpSink, HttpSinkConfig};
+use crate::sink::nats::{NatsAuth, NatsSink, NatsSinkConfig};
+use crate::sink::syslog::{SyslogSink, SyslogSinkConfig, SyslogTls};
+use dispatch::{Dispatcher, Route};
+use spool::Spool;
+use worker::{Worker, WorkerSettings};
+
+/// Audit cannot take the event: a `fail_closed` sink is down with a full spool, or the
+/// queue is full and a sink is `fail_closed`. The proxy must refuse the statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("audit is unavailable")]
+pub struct AuditUnavailable;
+
+/// A sink ready to run, with its settings and the format the pipeline encodes for it.
+pub(crate) struct BuiltSink {
+    pub(crate) config: SinkConfig,
+    pub(crate) sink: Box<dyn Sink>,
+    pub(crate) format: Format,
+}
+
+/// State shared by the handle, the dispatcher and the workers.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    lost: AtomicU64,
+    unreported: AtomicU64,
+    /// Number of `fail_closed` sinks that cannot keep events right now.
+    pub(crate) unhealthy: AtomicUsize,
+    fail_closed: bool,
+}
+
+impl Shared {
+    pub(crate) fn record_loss(&self, n: u64) {
+        self.lost.fetch_add(n, Ordering::SeqCst);
+        self.unreported.fetch_add(n, Ordering::SeqCst);
+    }
+
+    pub(crate) fn take_unreported(&self) -> u64 {
+        self.unreported.swap(0, Ordering::SeqCst)
+    }
+
+    pub(crate) fn lost(&self) -> u64 {
+        self.lost.load(Ordering::SeqCst)
+    }
+}
+
+/// The query path's handle on audit: cheap to clone, never blocks.
+#[derive(Debug, Clone)]
+pub struct Auditor {
+    tx: mpsc::Sender<AuditEvent>,
+    shared: Arc<Shared>,
+}
+
+impl Auditor {
+    /// Starts the dispatcher and one worker per sink on the current tokio runtime.
+    ///
+    /// Validates `config`, reads the chain key from the environment, opens file sinks
+    /// and spools (a spool left by a previous run is replayed before anything new), and
+    /// resumes the chain. The returned task ends after `shutdown` is cancelled and the
+    /// queue has been drained and the sinks flushed (or their records spooled), within
+    /// `shutdown_timeout_ms`. Refuses sink kinds that are not built yet.
+    pub fn start(
+        config: &AuditConfig,
+        shutdown: CancellationToken,
+    ) -> Result<(Auditor, JoinHandle<()>), AuditConfigError> {
+        config.validate()?;
+        let mut sinks = Vec::with_capacity(config.sinks.len());
+        for s in &config.sinks {
+            let (sink, format) = build_sink(config, s)?;
+            sinks.push(BuiltSink {
+                config: s.clone(),
+                sink,
+                format,
+            });
+        }
+        Self::start_with(config, sinks, shutdown)
+    }
+
+    /// [`Auditor::start`] with sinks already built (the `sinks` of `config` are
+    /// ignored and `config` is not validated again).
+    pub(crate) fn start_with(
+        config: &AuditConfig,
+        sinks: Vec<BuiltSink>,
+        shutdown: CancellationToken,
+    ) -> Result<(Auditor, JoinHandle<()>), AuditConfigError> {
+        let key = match &config.hmac_key_env {
+            Some(var) => Some(
+                std::env::var(var)
+                    .map_err(|_| {
+                        AuditConfigError::Invalid(format!(
+                            "hmac_key_env: environment variable {var} is not set"
+                        ))
+                    })?
+                    .into_bytes(),
+            ),
+            None => None,
+        };
+        let shared = Arc::new(Shared {
+            lost: AtomicU64::new(0),
+            unreported: AtomicU64::new(0),
+            unhealthy: AtomicUsize::new(0),
+            fail_closed: sinks
+                .iter()
+                .any(|b| b.config.overflow == Overflow::FailClosed),
+        });
+
+        let mut routes = Vec::with_capacity(sinks.len());
+        let mut workers = Vec::with_capacity(sinks.len());
+        let mut resume: Vec<Link> = Vec::new();
+        for BuiltSink {
+            config: s,
+            sink,
+            format,
+        } in sinks
+        {
+            let s = &s;
+            let spool = Spool::open(&config.spool_dir(s), s.spool_max_bytes)?;
+            if format == Format::Json {
+                if let Some(link) = spool.last()?.and_then(|r| link_of(&r)) {
+                    resume.push(link);
+                }
+            }
+            if let (Some(f), Format::Json) = (&s.file, config.format(s)?) {
+                if let Some(link) = crate::sink::file::last_sealed(&f.path, &config.instance)? {
+                    resume.push(link);
+                }
+            }
+            let (tx, rx) = mpsc::channel(config.queue_capacity.min(s.batch_max * 4).max(1));
+            routes.push(Route {
+                name: s.name.clone(),
+                filter: s.filter.clone(),
+                format,
+                tx,
+            });
+            let settings = WorkerSettings {
+                name: s.name.clone(),
+                batch_max: s.batch_max,
+                flush: s.flush(),
+                overflow: s.overflow,
+            };
+            workers.push(Worker::new(settings, sink, rx, spool, Arc::clone(&shared)));
+        }
+        let last = resume
+            .into_iter()
+            .filter(|l| l.instance == config.instance)
+            .max_by_key(|l| l.seq);
+        let chainer = Chainer::resume(config.instance.clone(), key, last)?;
+
+        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let dispatcher = Dispatcher {
+            rx,
+            chainer,
+            routes,
+            shared: Arc::clone(&shared),
+        };
+        let timeout = Duration::from_millis(config.shutdown_timeout_ms);
+        let handle = tokio::spawn(supervise(dispatcher, workers, shutdown, timeout));
+        Ok((Auditor { tx, shared }, handle))
+    }
+
+    /// Hands `event` to the pipeline without waiting. See the module docs for what
+    /// happens when the queue is full; `Err` means the statement must be refused.
+    pub fn emit(&self, event: AuditEvent) -> Result<(), AuditUnavailable> {
+        if !self.healthy() {
+            return Err(AuditUnavailable);
+        }
+        match self.tx.try_send(event) {
+            Ok(()) => Ok(()),
+            Err(_) if self.shared.fail_closed => Err(AuditUnavailable),
+            Err(_) => {
+                self.shared.record_loss(1);
+                Ok(())
+            }
+        }
+    }
+
+    /// Events lost since start (queue full, spool full, encoding failures).
+    pub fn lost(&self) -> u64 {
+        self.shared.lost()
+    }
+
+    /// False while a `fail_closed` sink is down and its spool is full or disabled
+    /// (`emit` then refuses every event).
+    pub fn healthy(&self) -> bool {
+        self.shared.unhealthy.load(Ordering::SeqCst) == 0
+    }
+}
+
+async fn supervise(
+    dispatcher: Dispatcher,
+    workers: Vec<Worker>,
+    shutdown: CancellationToken,
+    timeout: Duration,
+) {
+    let mut tasks: Vec<(String, JoinHandle<()>)> = workers
+        .into_iter()
+        .map(|w| (w.settings.name.clone(), tokio::spawn(w.run())))
+        .collect();
+    let mut dispatch = tokio::spawn(dispatcher.run(shutdown.clone()));
+    // The dispatcher also ends on its own when every `Auditor` handle is dropped.
+    let dispatched = tokio::select! {
+        _ = &mut dispatch => true,
+        () = shutdown.cancelled() => false,
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    if !dispatched
+        && tokio::time::timeout_at(deadline, &mut dispatch)
+            .await
+            .is_err()
+    {
+        tracing::warn!("audit dispatcher did not drain in time");
+        dispatch.abort();
+    }
+    for (name, task) in &mut tasks {
+        if tokio::time::timeout_at(deadline, &mut *task).await.is_err() {
+            tracing::warn!(sink = %name, "audit sink did not flush in time; its spool keeps what was written");
+            task.abort();
+        }
+    }
+}
+
+/// The sink for `s` and the format the pipeline encodes for it.
+fn build_sink(
+    config: &AuditConfig,
+    s: &SinkConfig,
+) -> Result<(Box<dyn Sink>, Format), AuditConfigError> {
+    let missing = || AuditConfigError::Invalid(format!("sink {}: missing settings", s.name));
+    match s.kind {
+        SinkKind::File => {
+            let f = s.file.as_ref().ok_or_else(missing)?;
+            let sink = file::FileRecordSink::open(f, config.format(s)?)?;
+            // The file sink encodes itself; the pipeline hands it native JSON.
+            Ok((Box::new(sink), Format::Json))
+        }
+        SinkKind::Syslog => {
+            let sys = s.syslog.as_ref().ok_or_else(missing)?;
+            let sink = SyslogSink::new(SyslogSinkConfig {
+                tls: sys.tls.then(|| SyslogTls {
+                    ca_file: sys.ca_file.clone().unwrap_or_default(),
+                    server_name: sys.server_name.clone(),
+                }),
+                ..SyslogSinkConfig::tcp(sys.address.clone())
+            })?;
+            Ok((Box::new(sink), config.format(s)?))
+        }
+        // ---- NATS / Splunk / Elasticsearch: the sinks in `crate::sink::nats` and
+        // `crate::sink::http` (written separately); only the settings mapping is here.
+        SinkKind::Nats => {
+            let n = s.nats.as_ref().ok_or_else(missing)?;
+            let sink = NatsSink::from_config(nats_config(n, config.format(s)?, &s.name)?)?;
+            Ok((Box::new(sink), config.format(s)?))
+        }
+        SinkKind::Splunk => {
+            let h = s.splunk.as_ref().ok_or_else(missing)?;
+            let mut c = HttpSinkConfig::splunk(h.url.clone(), h.token_env.clone());
+            if let HttpFlavor::SplunkHec { sourcetype, index } = &mut c.flavor {
+                if let Some(st) = &h.sourcetype {
+                    sourcetype.clone_from(st);
+                }
+                index.clone_from(&h.index);
+            }
+            http_common(
+                &mut c,
+                h.gzip,
+                &h.ca_file,
+                h.connect_timeout_ms,
+                h.request_timeout_ms,
+            );
+            c.format = config.format(s)?;
+            Ok((Box::new(HttpSink::from_config(c)?), config.format(s)?))
+        }
+        SinkKind::Elasticsearch => {
+            let h = s.elasticsearch.as_ref().ok_or_else(missing)?;
+            let mut c = HttpSinkConfig::elasticsearch(h.url.clone(), h.index.clone());
+            c.auth = match (&h.token_env, &h.user, &h.password_env) {
+                (Some(env), None, None) => Some(HttpAuth::Token { env: env.clone() }),
+                (None, Some(user), Some(pw)) => Some(HttpAuth::Basic {
+                    user: user.clone(),
+                    password_env: pw.clone(),
+                }),
+                (None, None, None) => None,
+                _ => {
+                    return Err(AuditConfigError::Invalid(format!(
+                        "sink {}: give either token_env or user and password_env",
+                        s.name
+                    )));
+                }
+            };
+            http_common(
+                &mut c,
+                h.gzip,
+                &h.ca_file,
+                h.connect_timeout_ms,
+                h.request_timeout_ms,
+            );
+            c.format = config.format(s)?;
+            Ok((Box::new(HttpSink::from_config(c)?), config.format(s)?))
+        }
+    }
+}
+
+fn nats_config(
+    n: &config::NatsSettings,
+    format: Format,
+    name: &str,
+) -> Result<NatsSinkConfig, AuditConfigError> {
+    let mut c = NatsSinkConfig::new(n.url.clone(), n.subject.clone());
+    c.stream.clone_from(&n.stream);
+    c.format = format;
+    c.auth = match (&n.token_env, &n.user, &n.password_env) {
+        (Some(env), None, None) => Some(NatsAuth::Token { env: env.clone() }),
+        (None, Some(user), Some(pw)) => Some(NatsAuth::UserPassword {
+            user: user.clone(),
+            password_env: pw.clone(),
+        }),
+        (None, None, None) => None,
+        _ => {
+            return Err(AuditConfigError::Invalid(format!(
+                "sink {name}: give either token_env or user and password_env"
+            )));
+        }
+    };
+    if let Some(ms) = n.connect_timeout_ms {
+        c.connect_timeout = Duration::from_millis(ms);
+    }
+    if let Some(ms) = n.ack_timeout_ms {
+        c.ack_timeout = Duration::from_millis(ms);
+    }
+    if let Some(secs) = n.duplicate_window_secs {
+        c.duplicate_window = Duration::from_secs(secs);
+    }
+    Ok(c)
+}
+
+fn http_common(
+    c: &mut HttpSinkConfig,
+    gzip: Option<bool>,
+    ca_file: &Option<std::path::PathBuf>,
+    connect_ms: Option<u64>,
+    request_ms: Option<u64>,
+) {
+    if let Some(g) = gzip {
+        c.gzip = g;
+    }
+    c.ca_file.clone_from(ca_file);
+    if let Some(ms) = connect_ms {
+        c.connect_timeout = Duration::from_millis(ms);
+    }
+    if let Some(ms) = request_ms {
+        c.request_timeout = Duration::from_millis(ms);
+    }
+}
+
+/// The chain position in a native JSON record.
+fn link_of(record: &[u8]) -> Option<Link> {
+    let v: Value = serde_json::from_slice(record).ok()?;
+    Some(Link {
+        instance: v.get("instance")?.as_str()?.to_owned(),
+        seq: v.get("seq")?.as_u64()?,
+        hash: v.get("hash")?.as_str()?.to_owned(),
+    })
+}

@@ -1,0 +1,375 @@
+//! Pipeline tests: the real file sink, and an in-test sink that fails on demand.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::event::EventKind;
+use crate::sink::{SendFuture, SinkError};
+
+/// Fails its first `fail` sends (storing the first half of the batch when `partial`,
+/// as a connection that broke mid-batch would), then stores every batch.
+#[derive(Clone, Default)]
+struct Flaky {
+    fail: Arc<AtomicU32>,
+    partial: bool,
+    got: Arc<Mutex<Vec<Vec<u8>>>>,
+    sends: Arc<AtomicU32>,
+}
+
+impl Flaky {
+    fn failing(n: u32, partial: bool) -> Self {
+        Flaky {
+            fail: Arc::new(AtomicU32::new(n)),
+            partial,
+            ..Flaky::default()
+        }
+    }
+
+    fn seqs(&self) -> Vec<u64> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let v: Value = serde_json::from_slice(r).unwrap();
+                v["seq"].as_u64().unwrap()
+            })
+            .collect()
+    }
+
+    fn kinds(&self) -> Vec<(String, Option<String>)> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let v: Value = serde_json::from_slice(r).unwrap();
+                (
+                    v["kind"].as_str().unwrap().to_owned(),
+                    v["detail"].as_str().map(str::to_owned),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Sink for Flaky {
+    fn name(&self) -> &str {
+        "flaky"
+    }
+
+    fn send<'a>(&'a mut self, records: &'a [Vec<u8>]) -> SendFuture<'a> {
+        Box::pin(async move {
+            self.sends.fetch_add(1, Ordering::SeqCst);
+            let failing = self
+                .fail
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            let mut got = self.got.lock().unwrap();
+            if failing {
+                if self.partial {
+                    got.extend(records[..records.len() / 2].iter().cloned());
+                }
+                return Err(SinkError::Retryable("receiver down (test)".into()));
+            }
+            got.extend(records.iter().cloned());
+            Ok(())
+        })
+    }
+}
+
+fn config(state: &Path) -> AuditConfig {
+    AuditConfig {
+        instance: "px-test".into(),
+        queue_capacity: 1024,
+        state_dir: state.to_path_buf(),
+        shutdown_timeout_ms: 5_000,
+        ..AuditConfig::default()
+    }
+}
+
+fn sink_config(name: &str) -> SinkConfig {
+    SinkConfig {
+        batch_max: 10,
+        flush_ms: 5,
+        ..SinkConfig::new(name, SinkKind::Nats)
+    }
+}
+
+fn built(sc: SinkConfig, sink: Flaky) -> BuiltSink {
+    BuiltSink {
+        config: sc,
+        sink: Box::new(sink),
+        format: Format::Json,
+    }
+}
+
+fn event(i: usize) -> AuditEvent {
+    AuditEvent::new(EventKind::Statement).with_detail(format!("event {i}"))
+}
+
+/// Waits until `f` holds, for at most 10 s.
+async fn until(mut f: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached in time");
+}
+
+/// First occurrences in order must be exactly 1..=n, and any repeat must be a resend
+/// of something already delivered (never a jump ahead).
+fn assert_at_least_once_in_order(seqs: &[u64], n: u64) {
+    let mut max = 0;
+    let mut firsts = Vec::new();
+    for &s in seqs {
+        if s > max {
+            assert_eq!(s, max + 1, "gap or reordering before seq {s}: {seqs:?}");
+            max = s;
+            firsts.push(s);
+        }
+    }
+    assert_eq!(firsts, (1..=n).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn file_sink_gets_every_event_and_the_chain_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let mut c = config(dir.path());
+    let mut s = SinkConfig::new("local", SinkKind::File);
+    s.file = Some(FileSettings {
+        path: path.clone(),
+        max_bytes: 0,
+        retain_count: None,
+        retain_age_secs: None,
+    });
+    c.sinks.push(s);
+    let shutdown = CancellationToken::new();
+    let (auditor, handle) = Auditor::start(&c, shutdown.clone()).unwrap();
+    for i in 0..300 {
+        auditor.emit(event(i)).unwrap();
+    }
+    shutdown.cancel();
+    handle.await.unwrap();
+    let report = crate::verify::verify(
+        [std::io::BufReader::new(std::fs::File::open(&path).unwrap())],
+        None,
+    );
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.events, 300);
+    assert_eq!(auditor.lost(), 0);
+
+    // A restart continues the chain in the same file.
+    let shutdown = CancellationToken::new();
+    let (auditor, handle) = Auditor::start(&c, shutdown.clone()).unwrap();
+    auditor.emit(event(300)).unwrap();
+    shutdown.cancel();
+    handle.await.unwrap();
+    let report = crate::verify::verify(
+        [std::io::BufReader::new(std::fs::File::open(&path).unwrap())],
+        None,
+    );
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.events, 301);
+}
+
+#[tokio::test]
+async fn retries_spool_and_replay_in_order_without_loss() {
+    for partial in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path());
+        let flaky = Flaky::failing(4, partial);
+        let shutdown = CancellationToken::new();
+        let (auditor, handle) = Auditor::start_with(
+            &c,
+            vec![built(sink_config("flaky"), flaky.clone())],
+            shutdown.clone(),
+        )
+        .unwrap();
+        for wave in 0..5 {
+            for i in 0..40 {
+                auditor.emit(event(wave * 40 + i)).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        until(|| flaky.seqs().iter().max() == Some(&200)).await;
+        shutdown.cancel();
+        handle.await.unwrap();
+        let seqs = flaky.seqs();
+        assert_at_least_once_in_order(&seqs, 200);
+        if !partial {
+            assert_eq!(seqs, (1..=200).collect::<Vec<_>>(), "no duplicates");
+        } else {
+            assert!(
+                seqs.len() > 200,
+                "partial sends leave documented duplicates"
+            );
+        }
+        assert!(flaky.sends.load(Ordering::SeqCst) > 4);
+        assert_eq!(auditor.lost(), 0);
+        let spool = Spool::open(&c.state_dir.join("spool/flaky"), 1 << 30).unwrap();
+        assert!(spool.is_empty(), "spool drained");
+    }
+}
+
+#[tokio::test]
+async fn spool_left_on_disk_is_replayed_first_by_a_new_auditor() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+
+    // First run: the receiver never answers; everything ends up in the spool.
+    let down = Flaky::failing(u32::MAX, false);
+    let shutdown = CancellationToken::new();
+    let (auditor, handle) = Auditor::start_with(
+        &c,
+        vec![built(sink_config("siem"), down.clone())],
+        shutdown.clone(),
+    )
+    .unwrap();
+    for i in 0..50 {
+        auditor.emit(event(i)).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    shutdown.cancel();
+    handle.await.unwrap();
+    assert!(down.seqs().is_empty());
+    assert_eq!(auditor.lost(), 0);
+
+    // Second run: the receiver is back. The spool goes first, then new events, and
+    // the chain continues after the spooled events.
+    let up = Flaky::default();
+    let shutdown = CancellationToken::new();
+    let (auditor, handle) = Auditor::start_with(
+        &c,
+        vec![built(sink_config("siem"), up.clone())],
+        shutdown.clone(),
+    )
+    .unwrap();
+    for i in 50..60 {
+        auditor.emit(event(i)).unwrap();
+    }
+    until(|| up.seqs().len() >= 60).await;
+    shutdown.cancel();
+    handle.await.unwrap();
+    assert_eq!(up.seqs(), (1..=60).collect::<Vec<_>>());
+    let details: Vec<_> = up.kinds().into_iter().map(|(_, d)| d.unwrap()).collect();
+    assert_eq!(details[0], "event 0");
+    assert_eq!(details[59], "event 59");
+}
+
+#[tokio::test]
+async fn full_queue_is_counted_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = AuditConfig {
+        queue_capacity: 4,
+        ..config(dir.path())
+    };
+    let sink = Flaky::default();
+    let shutdown = CancellationToken::new();
+    let (auditor, handle) = Auditor::start_with(
+        &c,
+        vec![built(sink_config("s"), sink.clone())],
+        shutdown.clone(),
+    )
+    .unwrap();
+    // The test runtime has one thread: nothing is dequeued until we yield.
+    for i in 0..10 {
+        auditor.emit(event(i)).unwrap();
+    }
+    assert_eq!(auditor.lost(), 6);
+    until(|| {
+        sink.kinds().iter().any(|(k, d)| {
+            k == "audit_loss" && d.as_deref() == Some("6 audit events lost (6 since start)")
+        })
+    })
+    .await;
+    shutdown.cancel();
+    handle.await.unwrap();
+    assert_at_least_once_in_order(&sink.seqs(), 5);
+}
+
+#[tokio::test]
+async fn fail_closed_refuses_instead_of_losing() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = AuditConfig {
+        queue_capacity: 4,
+        ..config(dir.path())
+    };
+    let sc = SinkConfig {
+        overflow: Overflow::FailClosed,
+        spool_max_bytes: 0,
+        ..sink_config("strict")
+    };
+    let down = Flaky::failing(u32::MAX, false);
+    let shutdown = CancellationToken::new();
+    let (auditor, handle) =
+        Auditor::start_with(&c, vec![built(sc, down.clone())], shutdown.clone()).unwrap();
+    for i in 0..4 {
+        auditor.emit(event(i)).unwrap();
+    }
+    assert_eq!(auditor.emit(event(4)), Err(AuditUnavailable), "queue full");
+    assert_eq!(auditor.lost(), 0);
+    // The receiver is down and there is no spool: audit becomes unhealthy.
+    until(|| !auditor.healthy()).await;
+    assert_eq!(auditor.emit(event(5)), Err(AuditUnavailable));
+    // The receiver comes back: the held events go out and audit recovers by itself.
+    down.fail.store(0, Ordering::SeqCst);
+    until(|| auditor.healthy()).await;
+    auditor.emit(event(6)).unwrap();
+    until(|| down.seqs().len() == 5).await;
+    shutdown.cancel();
+    handle.await.unwrap();
+    assert_eq!(down.seqs(), (1..=5).collect::<Vec<_>>());
+    assert_eq!(auditor.lost(), 0);
+}
+
+#[tokio::test]
+async fn network_sinks_are_built_from_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    let mut nats = SinkConfig::new("bus", SinkKind::Nats);
+    nats.nats = Some(NatsSettings {
+        url: "nats://127.0.0.1:1".into(),
+        subject: "audit.events".into(),
+        stream: None,
+        user: None,
+        password_env: None,
+        token_env: None,
+        connect_timeout_ms: Some(100),
+        ack_timeout_ms: None,
+        duplicate_window_secs: None,
+    });
+    c.sinks.push(nats);
+    let mut es = SinkConfig::new("search", SinkKind::Elasticsearch);
+    es.elasticsearch = Some(ElasticsearchSettings {
+        url: "http://127.0.0.1:1".into(),
+        index: "audit".into(),
+        token_env: None,
+        user: None,
+        password_env: None,
+        gzip: Some(false),
+        ca_file: None,
+        connect_timeout_ms: Some(100),
+        request_timeout_ms: None,
+    });
+    c.sinks.push(es);
+    let shutdown = CancellationToken::new();
+    let (auditor, handle) = Auditor::start(&c, shutdown.clone()).unwrap();
+    auditor.emit(event(0)).unwrap();
+    shutdown.cancel();
+    handle.await.unwrap();
+    // Both receivers were down: the event waits in each spool.
+    for name in ["bus", "search"] {
+        let spool = Spool::open(&c.state_dir.join("spool").join(name), 1 << 30).unwrap();
+        assert!(!spool.is_empty(), "{name}");
+    }
+}
