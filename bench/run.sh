@@ -18,6 +18,8 @@
 #   PGBOUNCER_BIN      pgbouncer (default: on PATH or /usr/sbin; apt-get installed when root)
 #   RESULTS_DIR        where the CSV files go (default bench/results)
 #   KEEP_TMP=1         keep the temporary directory (configs, server logs) on exit
+#   THREADS=1          Portcullis worker threads (PORTCULLIS_THREADS); 1 matches pgbouncer's
+#                      single thread on this 2-core host, 0 = one per CPU
 #
 # Everything runs on 127.0.0.1 on free ports in a temporary directory that is removed on exit
 # (also on Ctrl-C). The machine's own PostgreSQL is not touched.
@@ -245,7 +247,7 @@ shutdown_grace_secs = 1
 allow = ["all"]
 EOF
 log "starting Portcullis ($PORTCULLIS_BIN) on 127.0.0.1:$PORTCULLIS_PORT"
-"$PORTCULLIS_BIN" serve --config "$TMP/portcullis/portcullis.toml" >"$TMP/portcullis/portcullis.log" 2>&1 &
+PORTCULLIS_THREADS="${THREADS:-1}" "$PORTCULLIS_BIN" serve --config "$TMP/portcullis/portcullis.toml" >"$TMP/portcullis/portcullis.log" 2>&1 &
 PORTCULLIS_PID=$!
 wait_port "$PORTCULLIS_PORT" portcullis "$PORTCULLIS_PID" ||
     { tail -20 "$TMP/portcullis/portcullis.log" >&2; die "Portcullis did not start"; }

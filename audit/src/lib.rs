@@ -3,28 +3,25 @@
 //! The way of an event:
 //!
 //! 1. the proxy builds an [`AuditEvent`] at a session hook (statement texts go through
-//!    [`normalize()`](normalize::normalize) so that no literal is ever recorded);
-//! 2. the audit writer task seals it into the instance's hash chain with a [`Chainer`];
-//! 3. a [`Format`] encodes it (native JSON, OCSF JSON, CEF or RFC 5424 syslog);
-//! 4. a sink writes it ([`sink::file::FileSink`]: append, fsync per batch, rotation by
-//!    size, retention by count and age);
-//! 5. [`verify::verify`] checks files of JSON lines for modified, missing, reordered or
-//!    duplicated events.
+//!    [`normalize()`](normalize::normalize) so that no literal is ever recorded) and hands
+//!    it to [`pipeline::Auditor::emit`], which never blocks the query path;
+//! 2. the dispatcher seals it into the instance's hash chain with a [`Chainer`], encodes it
+//!    per sink ([`Format`]: native JSON, OCSF JSON, CEF or RFC 5424 syslog) and applies
+//!    each sink's filter;
+//! 3. each sink's worker batches, retries with backoff and jitter, and spools to disk while
+//!    its receiver is down, replaying in order ([`sink::file`], [`sink::syslog`] over TCP
+//!    or TLS, [`sink::http`] for Splunk HEC and Elasticsearch bulk, [`sink::nats`] for
+//!    JetStream);
+//! 4. [`verify::verify`] (and `portcullis audit verify`) checks files of JSON lines for
+//!    modified, missing, reordered or duplicated events.
 //!
 //! # Not done yet (TODO for the rest of the audit pipeline issue)
 //!
-//! - Network sinks: syslog over TCP/TLS (RFC 5425 octet-counting framing), HTTP (Splunk
-//!   HEC, Elasticsearch bulk), NATS JetStream; each as a folder under `sink/` with
-//!   shared batching and retry with backoff and jitter.
-//! - The bounded queue between the query path and the sinks, fail-open/fail-closed per
-//!   sink, and the on-disk spool that replays in order while a receiver is down; an
-//!   `audit_loss` event whenever anything is dropped.
-//! - Wiring into the proxy (session hooks, `AuditConfig` in the binary's config, the
-//!   chain key from the key provider).
-//! - The `portcullis audit verify` CLI over [`verify::verify`].
-//! - Resuming a chain from a file in a format other than native JSON (only JSON lines
-//!   can be read back by [`sink::file::last_sealed`]); OCSF/CEF/syslog files therefore
-//!   need the chain state persisted elsewhere, or a JSON file sink alongside.
+//! - Per-fingerprint Prometheus metrics, slow-statement events, sink metrics, and a
+//!   dead-letter file for permanently refused batches.
+//! - The chain key from the key provider (today: an environment variable), chain state
+//!   persisted under `state_dir` for trails kept only in non-JSON formats.
+//! - The fault-injection test across a proxy restart and the audit-path benchmark.
 //! - Collapsing literal lists (`IN (?, ?, ?)`) in fingerprints.
 //! - Serde configuration (`AuditConfig` with `deny_unknown_fields`, one section per
 //!   sink) for the binary to aggregate; today [`sink::file::FileSinkConfig`] and
