@@ -132,3 +132,12 @@ fn audit_verify_accepts_an_intact_chain_and_pinpoints_a_modification() {
     assert!(!bad.status.success());
     assert!(text(&bad).contains("line 3"), "{}", text(&bad));
 }
+
+#[test]
+fn siem_example_configuration_is_valid() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/siem/portcullis.toml");
+    let config = portcullis::config::Config::load(&example).expect("the SIEM example parses and validates");
+    let audit = config.audit.expect("[audit]");
+    let kinds: Vec<_> = audit.sinks.iter().map(|s| s.kind.as_str()).collect();
+    assert_eq!(kinds, ["file", "syslog", "splunk", "elasticsearch", "nats"]);
+}
