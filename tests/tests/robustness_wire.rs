@@ -170,11 +170,15 @@ async fn startup_length_out_of_range_is_refused_without_waiting_for_the_body() -
     assert_still_serving(&env, &before, panics).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unsupported_protocol_version_gets_fatal_0a000_in_plaintext() -> Result<()> {
-    let (env, before, panics) = start().await?;
+/// Protocol 2.0 and 4.0 get `FATAL 0A000 unsupported frontend protocol`, then a close.
+async fn refuses_unsupported_protocols<S, F, Fut>(env: &TestEnv, connect: F) -> Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<S>>,
+{
     for (major, minor) in [(2u16, 0u16), (4, 0)] {
-        let mut s = raw_connect(&env).await?;
+        let mut s = connect().await?;
         let version = (i32::from(major) << 16) | i32::from(minor);
         s.write_all(&startup_message(
             version,
@@ -190,29 +194,20 @@ async fn unsupported_protocol_version_gets_fatal_0a000_in_plaintext() -> Result<
             "{message}"
         );
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_protocol_version_gets_fatal_0a000_in_plaintext() -> Result<()> {
+    let (env, before, panics) = start().await?;
+    refuses_unsupported_protocols(&env, || raw_connect(&env)).await?;
     assert_still_serving(&env, &before, panics).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsupported_protocol_version_gets_fatal_0a000_over_tls() -> Result<()> {
     let (env, before, panics) = start().await?;
-    for (major, minor) in [(2u16, 0u16), (4, 0)] {
-        let mut s = raw_tls_connect(&env).await?;
-        let version = (i32::from(major) << 16) | i32::from(minor);
-        s.write_all(&startup_message(
-            version,
-            &[("user", ANALYST.0), ("database", &env.database)],
-        ))
-        .await?;
-        let fields = expect_fatal_then_close(&mut s, "0A000")
-            .await
-            .with_context(|| format!("protocol {major}.{minor}"))?;
-        let message = &fields[&'M'];
-        assert!(
-            message.contains(&format!("unsupported frontend protocol {major}.{minor}")),
-            "{message}"
-        );
-    }
+    refuses_unsupported_protocols(&env, || raw_tls_connect(&env)).await?;
     assert_still_serving(&env, &before, panics).await
 }
 
