@@ -32,6 +32,21 @@ pub struct Kind {
     pub kind: &'static str,
 }
 
+/// Label set naming a statement shape (the audit fingerprint).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Fingerprint {
+    /// Hex fingerprint, or `other` past the cardinality bound.
+    pub fingerprint: String,
+}
+
+/// Distinct fingerprints exported before the rest are counted as `other`: label
+/// cardinality must stay bounded whatever clients send.
+const MAX_FINGERPRINTS: usize = 500;
+
+fn fingerprint_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_1, 4.0, 9))
+}
+
 /// All metrics the proxy exports.
 pub struct Metrics {
     /// Client connections accepted, by how they ended the handshake.
@@ -52,6 +67,9 @@ pub struct Metrics {
     pub parse_cache_misses: Gauge,
     /// Reloads by outcome.
     pub reloads: Family<Outcome, Counter>,
+    /// Per statement shape (with auditing on): count and latency.
+    pub fingerprints: Family<Fingerprint, Histogram, fn() -> Histogram>,
+    fingerprints_seen: parking_lot::Mutex<std::collections::HashSet<String>>,
     registry: Registry,
 }
 
@@ -68,6 +86,8 @@ impl Metrics {
         let parse_cache_hits = Gauge::default();
         let parse_cache_misses = Gauge::default();
         let reloads = Family::<Outcome, Counter>::default();
+        let fingerprints: Family<Fingerprint, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(fingerprint_histogram);
         registry.register("connections", "Client connections by handshake outcome", connections.clone());
         registry.register("active_sessions", "Client sessions currently open", active_sessions.clone());
         registry.register("statements", "Statements by policy decision", statements.clone());
@@ -81,6 +101,11 @@ impl Metrics {
         registry.register("parse_cache_hits", "Statements found in the parse cache", parse_cache_hits.clone());
         registry.register("parse_cache_misses", "Statements parsed afresh", parse_cache_misses.clone());
         registry.register("reloads", "Configuration reloads by outcome", reloads.clone());
+        registry.register(
+            "statement_fingerprint_duration_seconds",
+            "Statements by shape (audit fingerprint; `other` past 500 shapes): count and latency",
+            fingerprints.clone(),
+        );
         Self {
             connections,
             active_sessions,
@@ -91,6 +116,8 @@ impl Metrics {
             parse_cache_hits,
             parse_cache_misses,
             reloads,
+            fingerprints,
+            fingerprints_seen: parking_lot::Mutex::new(std::collections::HashSet::new()),
             registry,
         }
     }
@@ -98,6 +125,24 @@ impl Metrics {
     /// Counts a statement decision.
     pub fn statement(&self, outcome: &'static str) {
         self.statements.get_or_create(&Outcome { outcome }).inc();
+    }
+
+    /// Records one execution of the statement shape `fingerprint`.
+    pub fn observe_fingerprint(&self, fingerprint: &str, seconds: f64) {
+        let label = {
+            let mut seen = self.fingerprints_seen.lock();
+            if seen.contains(fingerprint) {
+                fingerprint.to_owned()
+            } else if seen.len() < MAX_FINGERPRINTS {
+                seen.insert(fingerprint.to_owned());
+                fingerprint.to_owned()
+            } else {
+                "other".to_owned()
+            }
+        };
+        self.fingerprints
+            .get_or_create(&Fingerprint { fingerprint: label })
+            .observe(seconds);
     }
 
     /// Counts an upstream failure.
@@ -164,4 +209,26 @@ pub async fn serve(
 /// Binds the metrics listener.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_labels_are_bounded() {
+        let metrics = Metrics::new();
+        for i in 0..MAX_FINGERPRINTS + 50 {
+            metrics.observe_fingerprint(&format!("{i:032x}"), 0.001);
+        }
+        metrics.observe_fingerprint(&format!("{:032x}", 3), 0.002);
+        let text = metrics.render();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("portcullis_statement_fingerprint_duration_seconds_count{"))
+            .count();
+        assert_eq!(series, MAX_FINGERPRINTS + 1, "bounded, plus `other`");
+        assert!(text.contains("portcullis_statement_fingerprint_duration_seconds_count{fingerprint=\"other\"} 50"));
+        assert!(text.contains(&format!("portcullis_statement_fingerprint_duration_seconds_count{{fingerprint=\"{:032x}\"}} 2", 3)));
+    }
 }

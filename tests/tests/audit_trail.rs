@@ -78,6 +78,12 @@ path = "{trail}"
     assert!(!text.contains("12345"), "literal leaked into the audit trail");
     assert!(!text.contains("wrong-password"));
 
+    // The same statement shape is counted, with its latency, in Prometheus.
+    let fingerprint = limited["statement"]["fingerprint"].as_str().expect("fingerprint");
+    let metrics = env.metrics().await?;
+    let count_line = format!("portcullis_statement_fingerprint_duration_seconds_count{{fingerprint=\"{fingerprint}\"}} 1");
+    assert!(metrics.contains(&count_line), "{count_line} missing from metrics");
+
     let report = portcullis_tests::portcullis_audit::verify::verify([text.as_bytes()], None);
     assert!(report.is_ok(), "{report}");
     Ok(())

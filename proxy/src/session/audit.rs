@@ -116,10 +116,10 @@ impl SessionAudit {
     }
 
     /// Describes a statement text and its decision.
-    pub fn describe(sql: &str, decision: DecisionInfo, classes: Option<String>) -> Arc<StatementAudit> {
+    pub fn describe(sql: &str, decision: DecisionInfo, classes: &[&str]) -> Arc<StatementAudit> {
         let mut info = StatementInfo::from_sql(sql);
-        if let Some(classes) = classes {
-            info = info.with_class(classes);
+        for class in classes {
+            info = info.with_class(*class);
         }
         Arc::new(StatementAudit { info, decision })
     }

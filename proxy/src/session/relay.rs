@@ -362,8 +362,8 @@ impl Frontend<'_> {
                     let decision = DecisionInfo::new(Outcome::Allowed)
                         .with_rule(if passthrough { "unparsed_passthrough" } else { "allow" })
                         .with_policy_version(policy.version());
-                    let classes = classes.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(",");
-                    SessionAudit::describe(sql, decision, Some(classes))
+                    let classes: Vec<&str> = classes.iter().map(|c| c.as_str()).collect();
+                    SessionAudit::describe(sql, decision, &classes)
                 });
                 (Ok(forward), stmt)
             }
@@ -385,7 +385,7 @@ impl Frontend<'_> {
                     let decision = DecisionInfo::new(Outcome::Denied)
                         .with_rule(denial.rule.clone())
                         .with_policy_version(policy.version());
-                    SessionAudit::describe(sql, decision, None)
+                    SessionAudit::describe(sql, decision, &[])
                 });
                 (Err(PgError::error(denial.sqlstate, denial.message)), stmt)
             }
@@ -551,6 +551,11 @@ impl Backend<'_> {
                                 let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
                                 for mut event in batch.events {
                                     event.duration_us = Some(micros);
+                                    if let Some(statement) = &event.statement {
+                                        self.shared
+                                            .metrics
+                                            .observe_fingerprint(&statement.fingerprint, elapsed.as_secs_f64());
+                                    }
                                     if auditor.emit(event).is_err() {
                                         warn!("audit queue unavailable; the loss is counted");
                                     }
