@@ -673,6 +673,39 @@ async fn malformed_parse_message_is_refused_without_panic() -> Result<()> {
     assert_still_serving(&env, &before, panics).await
 }
 
+/// TLS, StartupMessage as ANALYST, and the proxy's AuthenticationSASL read: ready for a
+/// hand-made SASLInitialResponse.
+async fn sasl_start(env: &TestEnv) -> Result<Tls> {
+    let mut s = raw_tls_connect(env).await?;
+    s.write_all(&startup_message(
+        PROTOCOL_3_0,
+        &[("user", ANALYST.0), ("database", &env.database)],
+    ))
+    .await?;
+    let (tag, _) = read_message_within(&mut s, 10).await?.context("closed")?;
+    assert_eq!(tag, b'R');
+    Ok(s)
+}
+
+/// The attempt ends with a FATAL authentication or protocol error, and nothing panicked.
+async fn expect_auth_fatal(s: &mut Tls, what: &str, panics: usize) -> Result<()> {
+    let (tag, body) = read_message_within(s, 10)
+        .await?
+        .with_context(|| format!("{what}: closed without a word"))?;
+    let fields = error_fields(&body);
+    assert_eq!(
+        (tag, fields.get(&'S').map(String::as_str)),
+        (b'E', Some("FATAL")),
+        "{what}: {fields:?}"
+    );
+    assert!(
+        ["08P01", "28000", "28P01"].contains(&fields[&'C'].as_str()),
+        "{what}: {fields:?}"
+    );
+    assert_eq!(panics_so_far(), panics, "{what}: a session task panicked");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_scram_messages_are_refused_without_panic() -> Result<()> {
     let (env, before, panics) = start().await?;
@@ -712,30 +745,10 @@ async fn malformed_scram_messages_are_refused_without_panic() -> Result<()> {
         ),
     ];
     for (what, mechanism, data) in first_cases {
-        let mut s = raw_tls_connect(&env).await?;
-        s.write_all(&startup_message(
-            PROTOCOL_3_0,
-            &[("user", ANALYST.0), ("database", &env.database)],
-        ))
-        .await?;
-        let (tag, _) = read_message_within(&mut s, 10).await?.context("closed")?;
-        assert_eq!(tag, b'R');
+        let mut s = sasl_start(&env).await?;
         s.write_all(&sasl_initial(mechanism, data)).await?;
         s.flush().await?;
-        let (tag, body) = read_message_within(&mut s, 10)
-            .await?
-            .with_context(|| format!("{what}: closed without a word"))?;
-        let fields = error_fields(&body);
-        assert_eq!(
-            (tag, fields.get(&'S').map(String::as_str)),
-            (b'E', Some("FATAL")),
-            "{what}: {fields:?}"
-        );
-        assert!(
-            ["08P01", "28000", "28P01"].contains(&fields[&'C'].as_str()),
-            "{what}: {fields:?}"
-        );
-        assert_eq!(panics_so_far(), panics, "{what}: a session task panicked");
+        expect_auth_fatal(&mut s, what, panics).await?;
     }
     // client-final-message variants after a valid client-first.
     type MakeFinal = Box<dyn Fn(&str) -> Vec<u8>>;
@@ -771,13 +784,7 @@ async fn malformed_scram_messages_are_refused_without_panic() -> Result<()> {
         ),
     ];
     for (what, make) in final_cases {
-        let mut s = raw_tls_connect(&env).await?;
-        s.write_all(&startup_message(
-            PROTOCOL_3_0,
-            &[("user", ANALYST.0), ("database", &env.database)],
-        ))
-        .await?;
-        let _ = read_message_within(&mut s, 10).await?.context("closed")?;
+        let mut s = sasl_start(&env).await?;
         s.write_all(&sasl_initial("SCRAM-SHA-256", b"n,,n=,r=clientnonce123456"))
             .await?;
         s.flush().await?;
@@ -791,20 +798,7 @@ async fn malformed_scram_messages_are_refused_without_panic() -> Result<()> {
             .to_owned();
         s.write_all(&frontend_message(b'p', &make(&nonce))).await?;
         s.flush().await?;
-        let (tag, body) = read_message_within(&mut s, 10)
-            .await?
-            .with_context(|| format!("{what}: closed without a word"))?;
-        let fields = error_fields(&body);
-        assert_eq!(
-            (tag, fields.get(&'S').map(String::as_str)),
-            (b'E', Some("FATAL")),
-            "{what}: {fields:?}"
-        );
-        assert!(
-            ["08P01", "28000", "28P01"].contains(&fields[&'C'].as_str()),
-            "{what}: {fields:?}"
-        );
-        assert_eq!(panics_so_far(), panics, "{what}: a session task panicked");
+        expect_auth_fatal(&mut s, what, panics).await?;
     }
     assert_still_serving(&env, &before, panics).await
 }

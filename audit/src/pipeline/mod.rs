@@ -310,10 +310,11 @@ fn build_sink(
     s: &SinkConfig,
 ) -> Result<(Box<dyn Sink>, Format), AuditConfigError> {
     let missing = || AuditConfigError::Invalid(format!("sink {}: missing settings", s.name));
+    let format = config.format(s)?;
     match s.kind {
         SinkKind::File => {
             let f = s.file.as_ref().ok_or_else(missing)?;
-            let sink = file::FileRecordSink::open(f, config.format(s)?)?;
+            let sink = file::FileRecordSink::open(f, format)?;
             // The file sink encodes itself; the pipeline hands it native JSON.
             Ok((Box::new(sink), Format::Json))
         }
@@ -326,14 +327,14 @@ fn build_sink(
                 }),
                 ..SyslogSinkConfig::tcp(sys.address.clone())
             })?;
-            Ok((Box::new(sink), config.format(s)?))
+            Ok((Box::new(sink), format))
         }
         // ---- NATS / Splunk / Elasticsearch: the sinks in `crate::sink::nats` and
         // `crate::sink::http` (written separately); only the settings mapping is here.
         SinkKind::Nats => {
             let n = s.nats.as_ref().ok_or_else(missing)?;
-            let sink = NatsSink::from_config(nats_config(n, config.format(s)?, &s.name)?)?;
-            Ok((Box::new(sink), config.format(s)?))
+            let sink = NatsSink::from_config(nats_config(n, format.clone(), &s.name)?)?;
+            Ok((Box::new(sink), format))
         }
         SinkKind::Splunk => {
             let h = s.splunk.as_ref().ok_or_else(missing)?;
@@ -351,8 +352,8 @@ fn build_sink(
                 h.connect_timeout_ms,
                 h.request_timeout_ms,
             );
-            c.format = config.format(s)?;
-            Ok((Box::new(HttpSink::from_config(c)?), config.format(s)?))
+            c.format = format.clone();
+            Ok((Box::new(HttpSink::from_config(c)?), format))
         }
         SinkKind::Elasticsearch => {
             let h = s.elasticsearch.as_ref().ok_or_else(missing)?;
@@ -378,8 +379,8 @@ fn build_sink(
                 h.connect_timeout_ms,
                 h.request_timeout_ms,
             );
-            c.format = config.format(s)?;
-            Ok((Box::new(HttpSink::from_config(c)?), config.format(s)?))
+            c.format = format.clone();
+            Ok((Box::new(HttpSink::from_config(c)?), format))
         }
     }
 }

@@ -130,10 +130,18 @@ impl SessionAudit {
             Outcome::Denied => self.totals.denied += 1,
             _ => self.totals.statements += 1,
         }
+        self.event(EventKind::Statement)
+            .with_statement(stmt.info.clone())
+            .with_decision(stmt.decision.clone())
+    }
+
+    /// A new event of `kind` about this session, stamped now.
+    fn event(&self, kind: EventKind) -> AuditEvent {
         let mut event = self.base.clone();
+        event.kind = kind;
         event.time = portcullis_audit::event::Timestamp::now();
         event.id = portcullis_audit::event::EventId::new(event.time);
-        event.with_statement(stmt.info.clone()).with_decision(stmt.decision.clone())
+        event
     }
 
     /// Remembers a prepared statement (the unnamed one is simply replaced).
@@ -192,10 +200,6 @@ impl SessionAudit {
     pub fn end_event(&self) -> AuditEvent {
         let mut totals = self.totals;
         totals.duration_us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let mut event = self.base.clone();
-        event.kind = EventKind::SessionEnd;
-        event.time = portcullis_audit::event::Timestamp::now();
-        event.id = portcullis_audit::event::EventId::new(event.time);
-        event.with_totals(totals)
+        self.event(EventKind::SessionEnd).with_totals(totals)
     }
 }

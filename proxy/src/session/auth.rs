@@ -97,7 +97,7 @@ pub async fn authenticate(
     send(client, Authentication::SASL(scram.mechanisms().iter().map(|m| (*m).to_owned()).collect())).await?;
 
     let initial_msg = read_password_message(client, &mut framer).await?;
-    let initial = sasl::decode_initial(initial_msg.body()).map_err(|e| protocol(e.to_string()))?;
+    let initial = sasl::decode_initial(initial_msg.body())?;
     let server_first = scram.client_first(initial.mechanism, initial.data).map_err(scram_failed)?;
     send(client, Authentication::SASLContinue(Bytes::from(server_first))).await?;
 

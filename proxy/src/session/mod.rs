@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::pg::error::sqlstate;
+use crate::pg::messages::DecodeError;
 use crate::pg::{FrameError, PgError};
 use crate::server::Shared;
 use crate::stream::Stream;
@@ -52,6 +53,14 @@ impl From<FrameError> for SessionError {
                 format!("portcullis: {e}"),
             )),
         }
+    }
+}
+
+/// A message body the proxy cannot read ends the session with 08P01 (invalid UTF-8 in a
+/// statement's text is answered earlier, with ERROR 22021, by the relay).
+impl From<DecodeError> for SessionError {
+    fn from(e: DecodeError) -> Self {
+        Self::Client(PgError::fatal(sqlstate::PROTOCOL_VIOLATION, format!("portcullis: {e}")))
     }
 }
 

@@ -260,7 +260,7 @@ impl Frontend<'_> {
                             Err(denial) => self.deny_query(denial)?,
                         }
                     }
-                    Err(DecodeError::Malformed(what)) => return Err(malformed(what)),
+                    Err(e @ DecodeError::Malformed(_)) => return Err(e.into()),
                     Err(e @ DecodeError::InvalidUtf8(_)) => {
                         self.shared.metrics.statement("invalid_encoding");
                         self.deny_query(PgError::error(sqlstate::CHARACTER_NOT_IN_REPERTOIRE, e.to_string()))?;
@@ -285,7 +285,7 @@ impl Frontend<'_> {
                             }
                         }
                     }
-                    Err(DecodeError::Malformed(what)) => return Err(malformed(what)),
+                    Err(e @ DecodeError::Malformed(_)) => return Err(e.into()),
                     Err(e @ DecodeError::InvalidUtf8(_)) => {
                         self.shared.metrics.statement("invalid_encoding");
                         let poison = messages::parse::Parse { name: "", query: "", type_oids: &[], type_count: 0 };
@@ -397,11 +397,11 @@ impl Frontend<'_> {
         let Some(audit) = self.audit.as_deref_mut() else { return Ok(()) };
         match tag {
             b'B' => {
-                let (portal, statement) = messages::bind::names(body).map_err(|_| malformed("Bind"))?;
+                let (portal, statement) = messages::bind::names(body)?;
                 audit.on_bind(portal, statement);
             }
             b'E' => {
-                let portal = messages::bind::execute_portal(body).map_err(|_| malformed("Execute"))?;
+                let portal = messages::bind::execute_portal(body)?;
                 let event = audit.on_execute(portal);
                 self.state.lock().open_events.push(event);
             }
@@ -508,12 +508,9 @@ impl Backend<'_> {
                                 _ => None,
                             }
                         };
-                        let code = match &replacement {
-                            Some(error) => field(error.get(5..).unwrap_or_default(), b'C').map(<[u8]>::to_vec),
-                            None => field(raw.get(5..).unwrap_or_default(), b'C').map(<[u8]>::to_vec),
-                        };
                         if self.auditor.is_some() {
-                            self.record_error(code.as_deref());
+                            let reported = replacement.as_deref().unwrap_or(&raw);
+                            self.record_error(field(reported.get(5..).unwrap_or_default(), b'C'));
                         }
                         match replacement {
                             Some(error) => self.out.unsplit(error),
@@ -657,22 +654,15 @@ impl Backend<'_> {
 fn check_parameter_status(raw: &[u8]) -> Result<(), SessionError> {
     let body = raw.get(5..).unwrap_or_default();
     let mut parts = body.split(|&b| b == 0);
-    let name = parts.next().unwrap_or_default();
-    let value = parts.next().unwrap_or_default();
-    let ok = match name {
-        b"client_encoding" => value.eq_ignore_ascii_case(b"UTF8") || value.eq_ignore_ascii_case(b"SQL_ASCII"),
-        b"standard_conforming_strings" => value == b"on",
-        _ => true,
-    };
-    if ok {
+    let name = String::from_utf8_lossy(parts.next().unwrap_or_default());
+    let value = String::from_utf8_lossy(parts.next().unwrap_or_default());
+    if super::startup::reads_like_the_proxy(&name, &value) {
         Ok(())
     } else {
         Err(SessionError::Client(PgError::fatal(
             sqlstate::FEATURE_NOT_SUPPORTED,
             format!(
-                "portcullis: the server switched {} to {}; the proxy requires UTF8 and standard_conforming_strings = on",
-                String::from_utf8_lossy(name),
-                String::from_utf8_lossy(value)
+                "portcullis: the server switched {name} to {value}; the proxy requires UTF8 and standard_conforming_strings = on"
             ),
         )))
     }
@@ -706,9 +696,3 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-fn malformed(what: &str) -> SessionError {
-    SessionError::Client(PgError::fatal(
-        sqlstate::PROTOCOL_VIOLATION,
-        format!("portcullis: malformed {what} message"),
-    ))
-}

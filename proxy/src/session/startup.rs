@@ -46,18 +46,22 @@ const ALLOWED_SETTINGS: &[&str] = &[
     "work_mem",
 ];
 
-/// Settings whose value changes how the server reads SQL text. The proxy checks the
-/// text as UTF-8 with standard-conforming strings; any other reading could make the
-/// server see a statement the proxy did not.
-fn check_lexical_setting(name: &str, value: &str) -> Result<(), SessionError> {
+/// Whether setting `name` (lower case) to `value` leaves the server reading SQL text the
+/// way the proxy checks it: as UTF-8 with standard-conforming strings. Any other reading
+/// could make the server see a statement the proxy did not. Used for what clients ask at
+/// startup and for what the server reports later in ParameterStatus.
+pub(super) fn reads_like_the_proxy(name: &str, value: &str) -> bool {
     let value = value.trim().trim_matches('\'').to_ascii_lowercase();
-    let ok = match name {
+    match name {
         // SQL_ASCII passes bytes unconverted and the server checks them as UTF-8: the same reading.
         "client_encoding" => matches!(value.as_str(), "utf8" | "utf-8" | "unicode" | "sql_ascii"),
         "standard_conforming_strings" => matches!(value.as_str(), "on" | "true" | "yes" | "1"),
         _ => true,
-    };
-    if ok {
+    }
+}
+
+fn check_lexical_setting(name: &str, value: &str) -> Result<(), SessionError> {
+    if reads_like_the_proxy(name, value) {
         Ok(())
     } else {
         Err(SessionError::Client(PgError::fatal(
