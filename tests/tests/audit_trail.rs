@@ -73,6 +73,14 @@ path = "{trail}"
     assert_eq!(delete["sqlstate"], "42501", "{delete}");
     assert!(delete["decision"]["rule"].as_str().is_some_and(|r| r.contains("roles.analyst")), "{delete}");
 
+    // Session totals count every statement received, and the refused ones apart.
+    let totals: Vec<(u64, u64)> = events
+        .iter()
+        .filter(|e| e["kind"] == "session_end")
+        .map(|e| (e["session"]["statements"].as_u64().unwrap_or(0), e["session"]["denied"].as_u64().unwrap_or(0)))
+        .collect();
+    assert!(totals.contains(&(2, 0)) && totals.contains(&(1, 1)), "{totals:?}");
+
     // No literal from any statement appears anywhere in the trail.
     assert!(!text.contains(&secret_email), "literal leaked into the audit trail");
     assert!(!text.contains("12345"), "literal leaked into the audit trail");

@@ -126,9 +126,10 @@ impl SessionAudit {
 
     /// An event for running `stmt` (Query, or Execute of a portal).
     pub fn statement_event(&mut self, stmt: &StatementAudit) -> AuditEvent {
-        match stmt.decision.outcome {
-            Outcome::Denied => self.totals.denied += 1,
-            _ => self.totals.statements += 1,
+        // `statements` counts every statement received, `denied` those refused.
+        self.totals.statements += 1;
+        if stmt.decision.outcome == Outcome::Denied {
+            self.totals.denied += 1;
         }
         self.event(EventKind::Statement)
             .with_statement(stmt.info.clone())
