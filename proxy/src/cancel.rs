@@ -72,7 +72,11 @@ impl CancelRegistry {
 
     /// The pid the proxy handed out for the session on upstream backend `upstream_pid`.
     pub fn proxy_pid(&self, upstream_pid: i32) -> Option<i32> {
-        self.sessions.lock().by_upstream_pid.get(&upstream_pid).copied()
+        self.sessions
+            .lock()
+            .by_upstream_pid
+            .get(&upstream_pid)
+            .copied()
     }
 
     /// Number of live sessions.

@@ -171,10 +171,15 @@ impl<'de> Deserialize<'de> for SecretRef {
             fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<SecretRef, E> {
                 Err(E::custom(INLINE_SECRET))
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<SecretRef, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<SecretRef, A::Error> {
                 use serde::de::Error;
                 let Some(key) = map.next_key::<String>()? else {
-                    return Err(A::Error::custom("empty secret reference; ".to_owned() + INLINE_SECRET));
+                    return Err(A::Error::custom(
+                        "empty secret reference; ".to_owned() + INLINE_SECRET,
+                    ));
                 };
                 let secret = match key.as_str() {
                     "env" => SecretRef::Env(map.next_value()?),
@@ -182,7 +187,9 @@ impl<'de> Deserialize<'de> for SecretRef {
                     other => return Err(A::Error::unknown_field(other, &["env", "file"])),
                 };
                 if map.next_key::<String>()?.is_some() {
-                    return Err(A::Error::custom("a secret reference has exactly one of env or file"));
+                    return Err(A::Error::custom(
+                        "a secret reference has exactly one of env or file",
+                    ));
                 }
                 Ok(secret)
             }
@@ -195,9 +202,9 @@ impl SecretRef {
     /// Resolves the reference; the error names the variable or file, never the value.
     pub fn resolve(&self) -> Result<SecretString, ConfigError> {
         match self {
-            Self::Env(name) => std::env::var(name)
-                .map(SecretString::from)
-                .map_err(|_| ConfigError::Secret(format!("environment variable {name} is not set"))),
+            Self::Env(name) => std::env::var(name).map(SecretString::from).map_err(|_| {
+                ConfigError::Secret(format!("environment variable {name} is not set"))
+            }),
             Self::File(path) => std::fs::read_to_string(path)
                 .map(|s| SecretString::from(s.trim_end_matches(['\r', '\n']).to_owned()))
                 .map_err(|e| ConfigError::Secret(format!("{}: {e}", path.display()))),
@@ -297,7 +304,10 @@ pub enum ConfigError {
 pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
     let before = src.get(..offset.min(src.len())).unwrap_or(src);
     let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
     (line, column)
 }
 
@@ -427,7 +437,11 @@ password = { env = "PGPASS_TEST" }
 "#;
 
     fn parse(src: &str) -> Result<Config, ConfigError> {
-        Config::from_toml(src, Path::new("/etc/p/portcullis.toml"), Path::new("/etc/p"))
+        Config::from_toml(
+            src,
+            Path::new("/etc/p/portcullis.toml"),
+            Path::new("/etc/p"),
+        )
     }
 
     #[test]
@@ -450,7 +464,10 @@ password = { env = "PGPASS_TEST" }
 
     #[test]
     fn inline_password_is_refused() {
-        let src = MINIMAL.replace("password = { env = \"PGPASS_TEST\" }", "password = \"hunter2\"");
+        let src = MINIMAL.replace(
+            "password = { env = \"PGPASS_TEST\" }",
+            "password = \"hunter2\"",
+        );
         let err = parse(&src).expect_err("inline secret").to_string();
         assert!(err.contains(":11:"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");

@@ -9,8 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Cluster, ClusterError, ClusterOptions};
 use crate::config::{ClientCertMode, Config, MetricsConfig, SecretRef, TlsConfig};
-use portcullis_audit::pipeline::{FileSettings, FormatKind, SinkConfig, SinkKind};
 use crate::server::{Server, ServerError};
+use portcullis_audit::pipeline::{FileSettings, FormatKind, SinkConfig, SinkKind};
 
 /// The demo users and their passwords, as documented in the README.
 pub const DEMO_USERS: &[(&str, &str, &str)] = &[
@@ -84,8 +84,11 @@ impl Demo {
 
     /// URL straight to the throwaway PostgreSQL, bypassing the proxy.
     pub fn direct_url(&self) -> String {
-        self.cluster
-            .url(self.cluster.superuser(), self.cluster.password(), DEMO_DATABASE)
+        self.cluster.url(
+            self.cluster.superuser(),
+            self.cluster.password(),
+            DEMO_DATABASE,
+        )
     }
 
     /// Stops the proxy (draining sessions) and then PostgreSQL.
@@ -112,7 +115,10 @@ pub fn default_example_dir() -> PathBuf {
 /// Starts PostgreSQL, loads the data set and starts the proxy.
 pub async fn start(opts: DemoOptions) -> Result<Demo, DemoError> {
     let example = std::fs::canonicalize(&opts.example_dir).map_err(|e| {
-        DemoError::Example(format!("example directory {}: {e}", opts.example_dir.display()))
+        DemoError::Example(format!(
+            "example directory {}: {e}",
+            opts.example_dir.display()
+        ))
     })?;
     for file in ["portcullis.toml", "users.toml", "schema.sql", "data.sql"] {
         if !example.join(file).is_file() {
@@ -122,7 +128,9 @@ pub async fn start(opts: DemoOptions) -> Result<Demo, DemoError> {
             )));
         }
     }
-    let dir = tempfile::Builder::new().prefix("portcullis-demo-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("portcullis-demo-")
+        .tempdir()?;
     let password = random_password();
 
     let cluster = {
@@ -211,7 +219,12 @@ fn random_password() -> String {
     use rand::RngExt;
     let mut rng = rand::rng();
     (0..24)
-        .map(|_| char::from(b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"[rng.random_range(0..57)]))
+        .map(|_| {
+            char::from(
+                b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+                    [rng.random_range(0..57)],
+            )
+        })
         .collect()
 }
 

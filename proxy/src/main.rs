@@ -138,7 +138,9 @@ fn parse_attr(s: &str) -> Result<(String, String), String> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -182,7 +184,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             replace,
         }) => {
             let expires_at = expires
-                .map(|e| time::OffsetDateTime::parse(&e, &time::format_description::well_known::Rfc3339))
+                .map(|e| {
+                    time::OffsetDateTime::parse(&e, &time::format_description::well_known::Rfc3339)
+                })
                 .transpose()
                 .context("--expires must be RFC 3339, e.g. 2027-01-31T00:00:00Z")?;
             let attributes: BTreeMap<String, String> = attrs.into_iter().collect();
@@ -199,7 +203,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("user {name} written to {}", file.display());
             Ok(())
         }
-        Command::Audit(AuditCommand::Verify { files, key_env }) => audit_verify(&files, key_env.as_deref()),
+        Command::Audit(AuditCommand::Verify { files, key_env }) => {
+            audit_verify(&files, key_env.as_deref())
+        }
         Command::Demo {
             port,
             metrics_port,
@@ -233,7 +239,9 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
 
 fn audit_verify(files: &[PathBuf], key_env: Option<&str>) -> anyhow::Result<()> {
     let key = key_env
-        .map(|var| std::env::var(var).with_context(|| format!("environment variable {var} is not set")))
+        .map(|var| {
+            std::env::var(var).with_context(|| format!("environment variable {var} is not set"))
+        })
         .transpose()?;
     let mut readers = Vec::with_capacity(files.len());
     for file in files {
@@ -271,7 +279,10 @@ async fn demo(port: u16, metrics_port: u16, example: Option<PathBuf>) -> anyhow:
     if !example_dir.is_dir() {
         bail!("example directory {} not found", example_dir.display());
     }
-    println!("Starting a throwaway PostgreSQL and loading {} ...", example_dir.display());
+    println!(
+        "Starting a throwaway PostgreSQL and loading {} ...",
+        example_dir.display()
+    );
     let demo = portcullis::demo::start(DemoOptions {
         port,
         metrics_port,
@@ -279,7 +290,10 @@ async fn demo(port: u16, metrics_port: u16, example: Option<PathBuf>) -> anyhow:
     })
     .await?;
     println!();
-    println!("Portcullis demo is running: proxy on {} (TLS with a self-signed certificate,", demo.proxy_addr);
+    println!(
+        "Portcullis demo is running: proxy on {} (TLS with a self-signed certificate,",
+        demo.proxy_addr
+    );
     println!("{}).", demo.cert_path.display());
     println!();
     println!("Connect through the proxy as a demo user, e.g. psql \"<url>\":");

@@ -88,19 +88,51 @@ impl Metrics {
         let reloads = Family::<Outcome, Counter>::default();
         let fingerprints: Family<Fingerprint, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(fingerprint_histogram);
-        registry.register("connections", "Client connections by handshake outcome", connections.clone());
-        registry.register("active_sessions", "Client sessions currently open", active_sessions.clone());
-        registry.register("statements", "Statements by policy decision", statements.clone());
+        registry.register(
+            "connections",
+            "Client connections by handshake outcome",
+            connections.clone(),
+        );
+        registry.register(
+            "active_sessions",
+            "Client sessions currently open",
+            active_sessions.clone(),
+        );
+        registry.register(
+            "statements",
+            "Statements by policy decision",
+            statements.clone(),
+        );
         registry.register(
             "statement_duration_seconds",
             "Time from forwarding a query or Sync to ReadyForQuery",
             statement_duration.clone(),
         );
-        registry.register("upstream_errors", "Upstream failures by kind", upstream_errors.clone());
-        registry.register("auth_failures", "Client authentication failures by reason", auth_failures.clone());
-        registry.register("parse_cache_hits", "Statements found in the parse cache", parse_cache_hits.clone());
-        registry.register("parse_cache_misses", "Statements parsed afresh", parse_cache_misses.clone());
-        registry.register("reloads", "Configuration reloads by outcome", reloads.clone());
+        registry.register(
+            "upstream_errors",
+            "Upstream failures by kind",
+            upstream_errors.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Client authentication failures by reason",
+            auth_failures.clone(),
+        );
+        registry.register(
+            "parse_cache_hits",
+            "Statements found in the parse cache",
+            parse_cache_hits.clone(),
+        );
+        registry.register(
+            "parse_cache_misses",
+            "Statements parsed afresh",
+            parse_cache_misses.clone(),
+        );
+        registry.register(
+            "reloads",
+            "Configuration reloads by outcome",
+            reloads.clone(),
+        );
         registry.register(
             "statement_fingerprint_duration_seconds",
             "Statements by shape (audit fingerprint; `other` past 500 shapes): count and latency",
@@ -190,7 +222,10 @@ pub async fn serve(
                     if req.uri().path() == "/metrics" {
                         refresh();
                         Response::builder()
-                            .header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
+                            .header(
+                                "content-type",
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )
                             .body(Full::new(Bytes::from(metrics.render())))
                     } else {
                         Response::builder()
@@ -228,7 +263,12 @@ mod tests {
             .filter(|l| l.starts_with("portcullis_statement_fingerprint_duration_seconds_count{"))
             .count();
         assert_eq!(series, MAX_FINGERPRINTS + 1, "bounded, plus `other`");
-        assert!(text.contains("portcullis_statement_fingerprint_duration_seconds_count{fingerprint=\"other\"} 50"));
-        assert!(text.contains(&format!("portcullis_statement_fingerprint_duration_seconds_count{{fingerprint=\"{:032x}\"}} 2", 3)));
+        assert!(text.contains(
+            "portcullis_statement_fingerprint_duration_seconds_count{fingerprint=\"other\"} 50"
+        ));
+        assert!(text.contains(&format!(
+            "portcullis_statement_fingerprint_duration_seconds_count{{fingerprint=\"{:032x}\"}} 2",
+            3
+        )));
     }
 }

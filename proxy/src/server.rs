@@ -98,8 +98,10 @@ impl Server {
     pub async fn bind(config: Config, config_path: Option<PathBuf>) -> Result<Self, ServerError> {
         let tls = config.tls.clone().map(ReloadableTls::new).transpose()?;
         let users = UserStore::load(&config.auth.users_file)?;
-        let policy = Policy::compile(&config.policy).map_err(|e| ServerError::Policy(e.to_string()))?;
-        let engine = Engine::with_limits(config.policy.cache_entries, config.policy.cache_max_bytes);
+        let policy =
+            Policy::compile(&config.policy).map_err(|e| ServerError::Policy(e.to_string()))?;
+        let engine =
+            Engine::with_limits(config.policy.cache_entries, config.policy.cache_max_bytes);
         let connector = Arc::new(Connector::new(&config.upstream)?);
         let listener = TcpListener::bind(config.listen.address)
             .await
@@ -107,18 +109,22 @@ impl Server {
                 addr: config.listen.address,
                 source,
             })?;
-        let metrics_listener = match &config.metrics {
-            Some(m) => Some(TcpListener::bind(m.address).await.map_err(|source| ServerError::Bind {
-                addr: m.address,
-                source,
-            })?),
-            None => None,
-        };
+        let metrics_listener =
+            match &config.metrics {
+                Some(m) => Some(TcpListener::bind(m.address).await.map_err(|source| {
+                    ServerError::Bind {
+                        addr: m.address,
+                        source,
+                    }
+                })?),
+                None => None,
+            };
         let audit_stop = CancellationToken::new();
         let (audit, audit_task) = match config.audit {
             Some(audit_config) => {
-                let (auditor, task) = portcullis_audit::pipeline::Auditor::start(&audit_config, audit_stop.clone())
-                    .map_err(|e| ServerError::Audit(e.to_string()))?;
+                let (auditor, task) =
+                    portcullis_audit::pipeline::Auditor::start(&audit_config, audit_stop.clone())
+                        .map_err(|e| ServerError::Audit(e.to_string()))?;
                 (Some(auditor), Some(task))
             }
             None => (None, None),
@@ -156,7 +162,9 @@ impl Server {
 
     /// The metrics endpoint's address, if enabled.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// Shared state, for tests and embedding.
@@ -188,7 +196,10 @@ impl Server {
             }) {
                 Ok(policy) => {
                     info!(version = policy.version(), "policy reloaded");
-                    self.audit_event(portcullis_audit::event::EventKind::PolicyReload, format!("policy version {}", policy.version()));
+                    self.audit_event(
+                        portcullis_audit::event::EventKind::PolicyReload,
+                        format!("policy version {}", policy.version()),
+                    );
                     shared.policy.store(Arc::new(policy));
                 }
                 Err(e) => {
@@ -199,7 +210,11 @@ impl Server {
             }
         }
         let outcome = if ok { "ok" } else { "failed" };
-        shared.metrics.reloads.get_or_create(&Outcome { outcome }).inc();
+        shared
+            .metrics
+            .reloads
+            .get_or_create(&Outcome { outcome })
+            .inc();
         info!(outcome, "reload finished");
     }
 
@@ -227,8 +242,14 @@ impl Server {
                 metrics,
                 move || {
                     let (hits, misses) = shared.engine.cache_stats();
-                    shared.metrics.parse_cache_hits.set(i64::try_from(hits).unwrap_or(i64::MAX));
-                    shared.metrics.parse_cache_misses.set(i64::try_from(misses).unwrap_or(i64::MAX));
+                    shared
+                        .metrics
+                        .parse_cache_hits
+                        .set(i64::try_from(hits).unwrap_or(i64::MAX));
+                    shared
+                        .metrics
+                        .parse_cache_misses
+                        .set(i64::try_from(misses).unwrap_or(i64::MAX));
                 },
                 metrics_stop.clone(),
             ));
@@ -253,7 +274,11 @@ impl Server {
         }
         drop(self.listener);
         let grace = Duration::from_secs(self.shared.limits.shutdown_grace_secs);
-        info!(sessions = self.shared.metrics.active_sessions.get(), ?grace, "shutting down: draining sessions");
+        info!(
+            sessions = self.shared.metrics.active_sessions.get(),
+            ?grace,
+            "shutting down: draining sessions"
+        );
         self.shared.drain.cancel();
         metrics_stop.cancel();
         tracker.close();
@@ -265,20 +290,41 @@ impl Server {
         // Sessions are gone: let the audit pipeline drain its queue and flush its sinks.
         self.audit_stop.cancel();
         if let Some(task) = self.audit_task.take() {
-            if tokio::time::timeout(Duration::from_secs(10), task).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .is_err()
+            {
                 warn!("audit pipeline did not finish flushing in time; its spool keeps the rest");
             }
         }
         info!("shutdown complete");
     }
 
-    fn admit(&self, tracker: &TaskTracker, limiter: &Arc<Semaphore>, tcp: TcpStream, peer: SocketAddr) {
+    fn admit(
+        &self,
+        tracker: &TaskTracker,
+        limiter: &Arc<Semaphore>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+    ) {
         let Ok(permit) = Arc::clone(limiter).try_acquire_owned() else {
-            self.shared.metrics.connections.get_or_create(&Outcome { outcome: "rejected" }).inc();
+            self.shared
+                .metrics
+                .connections
+                .get_or_create(&Outcome {
+                    outcome: "rejected",
+                })
+                .inc();
             tracker.spawn(refuse_overload(tcp));
             return;
         };
-        self.shared.metrics.connections.get_or_create(&Outcome { outcome: "accepted" }).inc();
+        self.shared
+            .metrics
+            .connections
+            .get_or_create(&Outcome {
+                outcome: "accepted",
+            })
+            .inc();
         let shared = Arc::clone(&self.shared);
         tracker.spawn(async move {
             crate::session::run(shared, tcp, peer).await;
@@ -289,7 +335,10 @@ impl Server {
 
 /// Tells an over-limit client why, without reading its startup packet.
 async fn refuse_overload(mut tcp: TcpStream) {
-    let e = PgError::fatal(sqlstate::TOO_MANY_CONNECTIONS, "sorry, too many clients already");
+    let e = PgError::fatal(
+        sqlstate::TOO_MANY_CONNECTIONS,
+        "sorry, too many clients already",
+    );
     let _ = tokio::time::timeout(Duration::from_secs(2), tcp.write_all(&e.to_bytes())).await;
 }
 

@@ -110,7 +110,9 @@ fn build(source: &TlsConfig) -> Result<TlsState, TlsError> {
                 verifier
             };
             builder.with_client_cert_verifier(
-                verifier.build().map_err(|e| TlsError::Verifier(e.to_string()))?,
+                verifier
+                    .build()
+                    .map_err(|e| TlsError::Verifier(e.to_string()))?,
             )
         }
     };
@@ -143,7 +145,8 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 
 /// Reads the first private key (PKCS#8, PKCS#1 or SEC1) in a PEM file.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| pem_error(path, &format!("no usable private key: {e}")))
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| pem_error(path, &format!("no usable private key: {e}")))
 }
 
 /// The subject of a client certificate, as an RFC 4514-style string.
@@ -176,7 +179,10 @@ mod tests {
         let cfg = write_self_signed(dir.path());
         let tls = ReloadableTls::new(cfg.clone()).expect("builds");
         let first = tls.current().cert_der.clone();
-        assert_eq!(tls.current().config.alpn_protocols, vec![b"postgresql".to_vec()]);
+        assert_eq!(
+            tls.current().config.alpn_protocols,
+            vec![b"postgresql".to_vec()]
+        );
 
         write_self_signed(dir.path());
         tls.reload().expect("reload");

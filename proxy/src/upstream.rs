@@ -11,8 +11,8 @@ use pgwire::messages::startup::{Authentication, Password, SASLInitialResponse, S
 use pgwire::messages::{DecodeContext, Message, ProtocolVersion};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use rustls::ClientConfig;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -74,7 +74,11 @@ impl UpstreamError {
             Self::Refused { code, message, .. } if code.starts_with("3D") || code == "53300" => {
                 // Unknown database or too many connections: the client may know.
                 PgError::fatal(
-                    if code == "53300" { sqlstate::TOO_MANY_CONNECTIONS } else { "3D000" },
+                    if code == "53300" {
+                        sqlstate::TOO_MANY_CONNECTIONS
+                    } else {
+                        "3D000"
+                    },
                     message.clone(),
                 )
             }
@@ -179,7 +183,8 @@ impl Connector {
             // the server must read them the same way whatever its database or role
             // defaults say. Startup values are also what RESET ALL returns to.
             params.retain(|k, _| {
-                !k.eq_ignore_ascii_case("client_encoding") && !k.eq_ignore_ascii_case("standard_conforming_strings")
+                !k.eq_ignore_ascii_case("client_encoding")
+                    && !k.eq_ignore_ascii_case("standard_conforming_strings")
             });
             params.insert("client_encoding".into(), "UTF8".into());
             params.insert("standard_conforming_strings".into(), "on".into());
@@ -245,7 +250,11 @@ impl Connector {
         Ok(Stream::ClientTls(Box::new(stream)))
     }
 
-    async fn authenticate(&self, mut stream: Stream, user: &str) -> Result<Upstream, UpstreamError> {
+    async fn authenticate(
+        &self,
+        mut stream: Stream,
+        user: &str,
+    ) -> Result<Upstream, UpstreamError> {
         let mut framer = Framer::new(MAX_STARTUP_MESSAGE);
         let mut scram: Option<ScramSha256> = None;
         let mut parameter_status = Vec::new();
@@ -256,13 +265,19 @@ impl Connector {
                 .next(&mut stream)
                 .await
                 .map_err(|e| UpstreamError::Protocol(e.to_string()))?
-                .ok_or_else(|| UpstreamError::Protocol("server closed the connection during startup".into()))?;
+                .ok_or_else(|| {
+                    UpstreamError::Protocol("server closed the connection during startup".into())
+                })?;
             match msg.tag {
                 b'R' => {
                     let mut raw = msg.raw;
                     let auth = Authentication::decode(&mut raw, &ctx)
-                        .map_err(|e| UpstreamError::Auth(format!("unsupported authentication request: {e}")))?
-                        .ok_or_else(|| UpstreamError::Protocol("short authentication message".into()))?;
+                        .map_err(|e| {
+                            UpstreamError::Auth(format!("unsupported authentication request: {e}"))
+                        })?
+                        .ok_or_else(|| {
+                            UpstreamError::Protocol("short authentication message".into())
+                        })?;
                     let reply = self.answer_auth(auth, &mut scram, user, &stream)?;
                     if let Some(reply) = reply {
                         stream.write_all(&reply).await?;
@@ -273,7 +288,9 @@ impl Connector {
                 b'K' => {
                     let body = msg.body();
                     if body.len() != 8 {
-                        return Err(UpstreamError::Protocol("BackendKeyData of unexpected length".into()));
+                        return Err(UpstreamError::Protocol(
+                            "BackendKeyData of unexpected length".into(),
+                        ));
                     }
                     backend_key = (
                         i32::from_be_bytes([body[0], body[1], body[2], body[3]]),
@@ -291,8 +308,14 @@ impl Connector {
                 }
                 b'E' => {
                     let body = msg.body();
-                    let code = field(body, b'C').map(String::from_utf8_lossy).unwrap_or_default().into_owned();
-                    let message = field(body, b'M').map(String::from_utf8_lossy).unwrap_or_default().into_owned();
+                    let code = field(body, b'C')
+                        .map(String::from_utf8_lossy)
+                        .unwrap_or_default()
+                        .into_owned();
+                    let message = field(body, b'M')
+                        .map(String::from_utf8_lossy)
+                        .unwrap_or_default()
+                        .into_owned();
                     return Err(UpstreamError::Refused {
                         code,
                         message,
@@ -320,9 +343,11 @@ impl Connector {
         let mut out = BytesMut::new();
         let encode_err = |e: pgwire::error::PgWireError| UpstreamError::Protocol(e.to_string());
         let password = || {
-            self.password
-                .as_ref()
-                .ok_or_else(|| UpstreamError::Auth("server wants a password but upstream.password is not set".into()))
+            self.password.as_ref().ok_or_else(|| {
+                UpstreamError::Auth(
+                    "server wants a password but upstream.password is not set".into(),
+                )
+            })
         };
         match auth {
             Authentication::Ok => return Ok(None),
@@ -358,7 +383,9 @@ impl Connector {
                 let (mechanism, binding) = match (plus, cert) {
                     (true, Some(der)) => (
                         "SCRAM-SHA-256-PLUS",
-                        ChannelBinding::tls_server_end_point(crate::auth::scram::tls_server_end_point(&der)),
+                        ChannelBinding::tls_server_end_point(
+                            crate::auth::scram::tls_server_end_point(&der),
+                        ),
                     ),
                     (_, Some(_)) if plain => ("SCRAM-SHA-256", ChannelBinding::unrequested()),
                     (_, None) if plain => ("SCRAM-SHA-256", ChannelBinding::unsupported()),
@@ -369,9 +396,12 @@ impl Connector {
                     }
                 };
                 let client = ScramSha256::new(password()?.expose_secret().as_bytes(), binding);
-                SASLInitialResponse::new(mechanism.to_owned(), Some(Bytes::copy_from_slice(client.message())))
-                    .encode(&mut out)
-                    .map_err(encode_err)?;
+                SASLInitialResponse::new(
+                    mechanism.to_owned(),
+                    Some(Bytes::copy_from_slice(client.message())),
+                )
+                .encode(&mut out)
+                .map_err(encode_err)?;
                 *scram = Some(client);
             }
             Authentication::SASLContinue(data) => {
@@ -411,7 +441,10 @@ fn client_tls_config(
         path: ca_file.map(|p| p.to_owned()).unwrap_or_default(),
         message,
     };
-    let builder = ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12]);
+    let builder = ClientConfig::builder_with_protocol_versions(&[
+        &rustls::version::TLS13,
+        &rustls::version::TLS12,
+    ]);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = match (mode, ca_file) {
         (UpstreamSslMode::VerifyCa | UpstreamSslMode::VerifyFull, Some(ca)) => {
@@ -459,9 +492,9 @@ impl ServerCertVerifier for ChainOnly {
             .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
         {
             Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
-            | Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext { .. })) => {
-                Ok(ServerCertVerified::assertion())
-            }
+            | Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
             other => other,
         }
     }
@@ -510,7 +543,12 @@ impl ServerCertVerifier for Unverified {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
     fn verify_tls13_signature(
         &self,
@@ -518,9 +556,16 @@ impl ServerCertVerifier for Unverified {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

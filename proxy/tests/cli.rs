@@ -23,7 +23,11 @@ fn portcullis(args: &[&str], stdin: Option<&str>) -> Output {
 }
 
 fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 #[test]
@@ -38,7 +42,11 @@ fn every_command_explains_itself() {
     ] {
         let out = portcullis(args, None);
         assert!(out.status.success(), "{args:?}: {}", text(&out));
-        assert!(text(&out).contains(expect), "{args:?} lacks {expect:?}: {}", text(&out));
+        assert!(
+            text(&out).contains(expect),
+            "{args:?} lacks {expect:?}: {}",
+            text(&out)
+        );
     }
 }
 
@@ -48,7 +56,19 @@ fn user_add_writes_a_verifier_never_the_password() {
     let file = dir.path().join("users.toml");
     let f = file.to_str().unwrap();
     let out = portcullis(
-        &["user", "add", "carol", "--file", f, "--role", "analyst", "--attr", "tenant=7", "--expires", "2030-01-01T00:00:00Z"],
+        &[
+            "user",
+            "add",
+            "carol",
+            "--file",
+            f,
+            "--role",
+            "analyst",
+            "--attr",
+            "tenant=7",
+            "--expires",
+            "2030-01-01T00:00:00Z",
+        ],
         Some("correct horse battery\n"),
     );
     assert!(out.status.success(), "{}", text(&out));
@@ -58,12 +78,18 @@ fn user_add_writes_a_verifier_never_the_password() {
     let store = portcullis::auth::store::UserStore::load(&file).unwrap();
     let carol = store.get("carol").unwrap();
     assert_eq!(carol.roles, vec!["analyst".to_owned()]);
-    assert_eq!(carol.attributes.get("tenant").map(String::as_str), Some("7"));
+    assert_eq!(
+        carol.attributes.get("tenant").map(String::as_str),
+        Some("7")
+    );
 
     // A second add of the same name is refused without --replace, accepted with it.
     let again = portcullis(&["user", "add", "carol", "--file", f], Some("other\n"));
     assert!(!again.status.success());
-    let replaced = portcullis(&["user", "add", "carol", "--file", f, "--replace"], Some("other\n"));
+    let replaced = portcullis(
+        &["user", "add", "carol", "--file", f, "--replace"],
+        Some("other\n"),
+    );
     assert!(replaced.status.success(), "{}", text(&replaced));
 
     let empty = portcullis(&["user", "add", "dave", "--file", f], Some("\n"));
@@ -73,7 +99,8 @@ fn user_add_writes_a_verifier_never_the_password() {
 #[test]
 fn check_config_accepts_quickstart_and_points_at_bad_lines() {
     let dir = tempfile::tempdir().unwrap();
-    let quickstart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
+    let quickstart =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
     // The quickstart names its TLS files relative to itself; give them to a copy.
     for f in ["portcullis.toml", "users.toml"] {
         std::fs::copy(quickstart.join(f), dir.path().join(f)).unwrap();
@@ -93,13 +120,32 @@ fn check_config_accepts_quickstart_and_points_at_bad_lines() {
     assert!(ok.status.success(), "{}", text(&ok));
 
     let original = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, original.replace("max_connections = 500", "max_connections = \"many\"")).unwrap();
+    std::fs::write(
+        &config,
+        original.replace("max_connections = 500", "max_connections = \"many\""),
+    )
+    .unwrap();
     let bad = portcullis(&["check-config", "--config", c], None);
     assert!(!bad.status.success());
-    let line = original.lines().position(|l| l.starts_with("max_connections")).unwrap() + 1;
-    assert!(text(&bad).contains(&format!("portcullis.toml:{line}:")), "{}", text(&bad));
+    let line = original
+        .lines()
+        .position(|l| l.starts_with("max_connections"))
+        .unwrap()
+        + 1;
+    assert!(
+        text(&bad).contains(&format!("portcullis.toml:{line}:")),
+        "{}",
+        text(&bad)
+    );
 
-    std::fs::write(&config, original.replace("allow = [\"read\", \"session\", \"transaction\"]", "allow = [\"reed\"]")).unwrap();
+    std::fs::write(
+        &config,
+        original.replace(
+            "allow = [\"read\", \"session\", \"transaction\"]",
+            "allow = [\"reed\"]",
+        ),
+    )
+    .unwrap();
     let bad = portcullis(&["check-config", "--config", c], None);
     assert!(!bad.status.success());
     assert!(text(&bad).contains("reed"), "{}", text(&bad));
@@ -126,7 +172,9 @@ fn audit_verify_accepts_an_intact_chain_and_pinpoints_a_modification() {
     let ok = portcullis(&["audit", "verify", f], None);
     assert!(ok.status.success(), "{}", text(&ok));
 
-    let tampered = String::from_utf8(out).unwrap().replacen("user2", "userX", 1);
+    let tampered = String::from_utf8(out)
+        .unwrap()
+        .replacen("user2", "userX", 1);
     std::fs::write(&file, tampered).unwrap();
     let bad = portcullis(&["audit", "verify", f], None);
     assert!(!bad.status.success());
@@ -135,8 +183,10 @@ fn audit_verify_accepts_an_intact_chain_and_pinpoints_a_modification() {
 
 #[test]
 fn siem_example_configuration_is_valid() {
-    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/siem/portcullis.toml");
-    let config = portcullis::config::Config::load(&example).expect("the SIEM example parses and validates");
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/siem/portcullis.toml");
+    let config =
+        portcullis::config::Config::load(&example).expect("the SIEM example parses and validates");
     let audit = config.audit.expect("[audit]");
     let kinds: Vec<_> = audit.sinks.iter().map(|s| s.kind.as_str()).collect();
     assert_eq!(kinds, ["file", "syslog", "splunk", "elasticsearch", "nats"]);

@@ -32,13 +32,22 @@ fn demo_prints_working_urls_and_cleans_up_on_interrupt() {
             break;
         }
     }
-    assert_eq!(urls.len(), 4, "three demo users and the direct URL: {urls:?}");
+    assert_eq!(
+        urls.len(),
+        4,
+        "three demo users and the direct URL: {urls:?}"
+    );
     for (url, expect) in [(&urls[0], "300"), (&urls[1], "300"), (&urls[3], "300")] {
         let out = Command::new("psql")
             .args(["-X", "-At", url, "-c", "SELECT count(*) FROM customers"])
             .output()
             .expect("psql");
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), expect, "{url}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            expect,
+            "{url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let denied = Command::new("psql")
         .args(["-X", "-At", &urls[1], "-c", "DELETE FROM orders"])
@@ -47,7 +56,13 @@ fn demo_prints_working_urls_and_cleans_up_on_interrupt() {
     assert!(!denied.status.success(), "analyst may not write");
 
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-INT", &pid]).status().expect("kill").success());
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let status = child.wait().expect("wait");
     assert!(status.success(), "demo exit status {status}: {rest:?}");

@@ -119,7 +119,9 @@ impl TestEnv {
     /// Database + quickstart data + proxy.
     pub async fn start_with(opts: EnvOptions) -> Result<Self> {
         portcullis::tls::install_crypto_provider();
-        let dir = tempfile::Builder::new().prefix("portcullis-test-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("portcullis-test-")
+            .tempdir()?;
         let (backend, host, port, user, password, database) =
             tokio::task::spawn_blocking(start_database).await??;
 
@@ -239,7 +241,12 @@ shutdown_grace_secs = {grace}
     pub async fn psql(&self, who: (&str, &str), extra: &str, args: &[&str]) -> Result<Output> {
         let dsn = self.proxy_dsn(who, &format!("sslmode=require {extra}"));
         let mut cmd = tokio::process::Command::new("psql");
-        cmd.arg("-X").arg("-At").arg("-v").arg("ON_ERROR_STOP=1").arg(&dsn).args(args);
+        cmd.arg("-X")
+            .arg("-At")
+            .arg("-v")
+            .arg("ON_ERROR_STOP=1")
+            .arg(&dsn)
+            .args(args);
         cmd.env_remove("PGPASSWORD").env_remove("PGSERVICE");
         Ok(cmd.output().await?)
     }
@@ -247,7 +254,12 @@ shutdown_grace_secs = {grace}
     /// Runs `psql` straight against the database as superuser.
     pub async fn psql_direct(&self, args: &[&str]) -> Result<Output> {
         let mut cmd = tokio::process::Command::new("psql");
-        cmd.arg("-X").arg("-At").arg("-v").arg("ON_ERROR_STOP=1").arg(self.direct_dsn()).args(args);
+        cmd.arg("-X")
+            .arg("-At")
+            .arg("-v")
+            .arg("ON_ERROR_STOP=1")
+            .arg(self.direct_dsn())
+            .args(args);
         Ok(cmd.output().await?)
     }
 
@@ -269,7 +281,8 @@ shutdown_grace_secs = {grace}
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let addr = self.metrics_addr.context("metrics disabled")?;
         let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").await?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .await?;
         let mut out = String::new();
         s.read_to_string(&mut out).await?;
         Ok(out)
@@ -289,7 +302,9 @@ impl Drop for TestEnv {
                     .arg("-X")
                     .arg(format!("{url}/postgres"))
                     .arg("-c")
-                    .arg(format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"))
+                    .arg(format!(
+                        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+                    ))
                     .output();
             }
             None => {}
@@ -310,11 +325,32 @@ fn start_database() -> Result<Started> {
             std::process::id(),
             DB_COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        run_psql(&format!("{url}/postgres"), &["-c", &format!("CREATE DATABASE \"{database}\"")])?;
+        run_psql(
+            &format!("{url}/postgres"),
+            &["-c", &format!("CREATE DATABASE \"{database}\"")],
+        )?;
         let db_url = format!("{url}/{database}");
-        run_psql(&db_url, &["-f", &schema.display().to_string(), "-f", &data.display().to_string()])?;
+        run_psql(
+            &db_url,
+            &[
+                "-f",
+                &schema.display().to_string(),
+                "-f",
+                &data.display().to_string(),
+            ],
+        )?;
         let (user, password, host, port) = parsed;
-        return Ok((Backend::External { url, database: database.clone() }, host, port, user, password, database));
+        return Ok((
+            Backend::External {
+                url,
+                database: database.clone(),
+            },
+            host,
+            port,
+            user,
+            password,
+            database,
+        ));
     }
     let password = format!("pw{}", std::process::id());
     let cluster = Cluster::start(&ClusterOptions::new(password.clone()))?;
@@ -330,12 +366,23 @@ fn start_database() -> Result<Started> {
 
 /// (user, password, host, port) of `postgres://user:password@host:port`.
 fn parse_url(url: &str) -> Result<(String, String, String, u16)> {
-    let rest = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://"));
-    let Some(rest) = rest else { bail!("PORTCULLIS_TEST_PG_URL must start with postgres://") };
-    let (cred, hostport) = rest.rsplit_once('@').context("PORTCULLIS_TEST_PG_URL needs user:password@")?;
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"));
+    let Some(rest) = rest else {
+        bail!("PORTCULLIS_TEST_PG_URL must start with postgres://")
+    };
+    let (cred, hostport) = rest
+        .rsplit_once('@')
+        .context("PORTCULLIS_TEST_PG_URL needs user:password@")?;
     let (user, password) = cred.split_once(':').unwrap_or((cred, ""));
     let (host, port) = hostport.rsplit_once(':').unwrap_or((hostport, "5432"));
-    Ok((user.to_owned(), password.to_owned(), host.to_owned(), port.parse()?))
+    Ok((
+        user.to_owned(),
+        password.to_owned(),
+        host.to_owned(),
+        port.parse()?,
+    ))
 }
 
 fn run_psql(url: &str, args: &[&str]) -> Result<()> {
@@ -401,7 +448,11 @@ pub fn client_tls_with_cert(
 pub fn frontend_message(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 5);
     out.push(tag);
-    out.extend_from_slice(&i32::try_from(body.len() + 4).expect("message fits i32").to_be_bytes());
+    out.extend_from_slice(
+        &i32::try_from(body.len() + 4)
+            .expect("message fits i32")
+            .to_be_bytes(),
+    );
     out.extend_from_slice(body);
     out
 }
@@ -416,7 +467,10 @@ pub fn startup_message(version: i32, params: &[(&str, &str)]) -> Vec<u8> {
         body.push(0);
     }
     body.push(0);
-    let mut out = i32::try_from(body.len() + 4).expect("fits").to_be_bytes().to_vec();
+    let mut out = i32::try_from(body.len() + 4)
+        .expect("fits")
+        .to_be_bytes()
+        .to_vec();
     out.extend_from_slice(&body);
     out
 }
@@ -465,7 +519,12 @@ where
     let body_len = usize::try_from(len)
         .ok()
         .and_then(|l| l.checked_sub(4))
-        .with_context(|| format!("backend message {:?} with bad length {len}", char::from(tag[0])))?;
+        .with_context(|| {
+            format!(
+                "backend message {:?} with bad length {len}",
+                char::from(tag[0])
+            )
+        })?;
     let mut body = vec![0u8; body_len];
     reader.read_exact(&mut body).await?;
     Ok(Some((tag[0], body)))
@@ -485,7 +544,12 @@ where
 pub fn error_fields(body: &[u8]) -> BTreeMap<char, String> {
     body.split(|&b| b == 0)
         .filter(|f| !f.is_empty())
-        .map(|f| (char::from(f[0]), String::from_utf8_lossy(&f[1..]).into_owned()))
+        .map(|f| {
+            (
+                char::from(f[0]),
+                String::from_utf8_lossy(&f[1..]).into_owned(),
+            )
+        })
         .collect()
 }
 
@@ -503,7 +567,10 @@ where
                     return Ok(out);
                 }
             }
-            None => bail!("connection closed before ReadyForQuery; got {}", describe_messages(&out)),
+            None => bail!(
+                "connection closed before ReadyForQuery; got {}",
+                describe_messages(&out)
+            ),
         }
     }
 }
@@ -521,7 +588,11 @@ pub fn describe_messages(msgs: &[(u8, Vec<u8>)]) -> String {
 
 /// Expects the next message (notices skipped) to be an ErrorResponse with `severity` and
 /// SQLSTATE `code`; returns its fields.
-pub async fn expect_error<R>(reader: &mut R, severity: &str, code: &str) -> Result<BTreeMap<char, String>>
+pub async fn expect_error<R>(
+    reader: &mut R,
+    severity: &str,
+    code: &str,
+) -> Result<BTreeMap<char, String>>
 where
     R: tokio::io::AsyncRead + Unpin,
 {
@@ -537,7 +608,10 @@ where
                 }
                 return Ok(fields);
             }
-            Some((tag, body)) => bail!("expected ErrorResponse, got {}", describe_messages(&[(tag, body)])),
+            Some((tag, body)) => bail!(
+                "expected ErrorResponse, got {}",
+                describe_messages(&[(tag, body)])
+            ),
             None => bail!("connection closed instead of {severity} {code}"),
         }
     }
@@ -545,7 +619,10 @@ where
 
 /// Expects a FATAL ErrorResponse with `code` followed by the end of the connection;
 /// returns the error's fields.
-pub async fn expect_fatal_then_close<R>(reader: &mut R, code: &str) -> Result<BTreeMap<char, String>>
+pub async fn expect_fatal_then_close<R>(
+    reader: &mut R,
+    code: &str,
+) -> Result<BTreeMap<char, String>>
 where
     R: tokio::io::AsyncRead + Unpin,
 {
@@ -565,7 +642,10 @@ where
         Err(_) => bail!("connection still open after 5 s"),
         Ok(Ok(None)) | Ok(Err(_)) => Ok(()),
         Ok(Ok(Some((tag, body)))) => {
-            bail!("expected the connection to close, got {}", describe_messages(&[(tag, body)]))
+            bail!(
+                "expected the connection to close, got {}",
+                describe_messages(&[(tag, body)])
+            )
         }
     }
 }
@@ -591,12 +671,16 @@ pub async fn raw_tls_connect_with(
         bail!("SSLRequest answered {:?}", char::from(answer[0]));
     }
     let name = rustls::pki_types::ServerName::try_from("localhost")?.to_owned();
-    let stream = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await?;
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await?;
     Ok(stream)
 }
 
 /// SSLRequest and a TLS handshake trusting the environment's certificate.
-pub async fn raw_tls_connect(env: &TestEnv) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+pub async fn raw_tls_connect(
+    env: &TestEnv,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     raw_tls_connect_with(env, client_tls(&env.cert_path)?).await
 }
 
@@ -607,7 +691,9 @@ pub fn metric(text: &str, series: &str) -> f64 {
         .filter(|l| !l.starts_with('#'))
         .find_map(|l| {
             let (name, value) = l.rsplit_once(' ')?;
-            (name == series).then(|| value.trim().parse::<f64>().ok()).flatten()
+            (name == series)
+                .then(|| value.trim().parse::<f64>().ok())
+                .flatten()
         })
         .unwrap_or(0.0)
 }

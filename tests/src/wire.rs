@@ -6,7 +6,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
-use crate::{ANALYST, TestEnv, client_tls, error_fields, frontend_message, panics_so_far, read_message_within, startup_message};
+use crate::{
+    ANALYST, TestEnv, client_tls, error_fields, frontend_message, panics_so_far,
+    read_message_within, startup_message,
+};
 
 /// A TLS connection to the proxy.
 pub type Tls = tokio_rustls::client::TlsStream<TcpStream>;

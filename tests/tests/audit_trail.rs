@@ -31,38 +31,65 @@ path = "{trail}"
     })
     .await?;
 
-    let secret_email = stdout(&env.psql_direct(&["-c", "SELECT email FROM customers ORDER BY id LIMIT 1"]).await?)?;
+    let secret_email = stdout(
+        &env.psql_direct(&["-c", "SELECT email FROM customers ORDER BY id LIMIT 1"])
+            .await?,
+    )?;
     let secret_email = secret_email.trim().to_owned();
     let out = env
         .psql(
             ANALYST,
             "",
-            &["-c", &format!("SELECT id FROM customers WHERE email = '{secret_email}'"), "-c", "SELECT id FROM orders LIMIT 7"],
+            &[
+                "-c",
+                &format!("SELECT id FROM customers WHERE email = '{secret_email}'"),
+                "-c",
+                "SELECT id FROM orders LIMIT 7",
+            ],
         )
         .await?;
     stdout(&out)?;
-    let denied = env.psql(ANALYST, "", &["-c", "DELETE FROM orders WHERE id = 12345"]).await?;
+    let denied = env
+        .psql(ANALYST, "", &["-c", "DELETE FROM orders WHERE id = 12345"])
+        .await?;
     assert!(!denied.status.success());
-    let wrong = env.psql(("analyst", "wrong-password"), "", &["-c", "SELECT 1"]).await?;
+    let wrong = env
+        .psql(("analyst", "wrong-password"), "", &["-c", "SELECT 1"])
+        .await?;
     assert!(!wrong.status.success());
 
     let read = || std::fs::read_to_string(&trail).unwrap_or_default();
     let complete = eventually(10, || async {
         let t = read();
-        t.matches("\"kind\":\"session_end\"").count() >= 2 && t.contains("\"kind\":\"login_failure\"")
+        t.matches("\"kind\":\"session_end\"").count() >= 2
+            && t.contains("\"kind\":\"login_failure\"")
     })
     .await;
     let text = read();
-    assert!(complete, "two session ends and a failed login expected in:\n{text}");
+    assert!(
+        complete,
+        "two session ends and a failed login expected in:\n{text}"
+    );
 
-    let events: Vec<serde_json::Value> = text.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
     let kinds: Vec<&str> = events.iter().filter_map(|e| e["kind"].as_str()).collect();
-    assert!(kinds.contains(&"login_success") && kinds.contains(&"login_failure"), "{kinds:?}");
+    assert!(
+        kinds.contains(&"login_success") && kinds.contains(&"login_failure"),
+        "{kinds:?}"
+    );
 
-    let statements: Vec<&serde_json::Value> = events.iter().filter(|e| e["kind"] == "statement").collect();
+    let statements: Vec<&serde_json::Value> =
+        events.iter().filter(|e| e["kind"] == "statement").collect();
     let limited = statements
         .iter()
-        .find(|e| e["statement"]["text"].as_str().is_some_and(|t| t.contains("orders") && t.contains("LIMIT")))
+        .find(|e| {
+            e["statement"]["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("orders") && t.contains("LIMIT"))
+        })
         .expect("the LIMIT 7 statement is audited");
     assert_eq!(limited["rows"], 7, "{limited}");
     assert_eq!(limited["decision"]["outcome"], "allowed");
@@ -71,26 +98,52 @@ path = "{trail}"
         .find(|e| e["decision"]["outcome"] == "denied")
         .expect("the DELETE is audited as denied");
     assert_eq!(delete["sqlstate"], "42501", "{delete}");
-    assert!(delete["decision"]["rule"].as_str().is_some_and(|r| r.contains("roles.analyst")), "{delete}");
+    assert!(
+        delete["decision"]["rule"]
+            .as_str()
+            .is_some_and(|r| r.contains("roles.analyst")),
+        "{delete}"
+    );
 
     // Session totals count every statement received, and the refused ones apart.
     let totals: Vec<(u64, u64)> = events
         .iter()
         .filter(|e| e["kind"] == "session_end")
-        .map(|e| (e["session"]["statements"].as_u64().unwrap_or(0), e["session"]["denied"].as_u64().unwrap_or(0)))
+        .map(|e| {
+            (
+                e["session"]["statements"].as_u64().unwrap_or(0),
+                e["session"]["denied"].as_u64().unwrap_or(0),
+            )
+        })
         .collect();
-    assert!(totals.contains(&(2, 0)) && totals.contains(&(1, 1)), "{totals:?}");
+    assert!(
+        totals.contains(&(2, 0)) && totals.contains(&(1, 1)),
+        "{totals:?}"
+    );
 
     // No literal from any statement appears anywhere in the trail.
-    assert!(!text.contains(&secret_email), "literal leaked into the audit trail");
-    assert!(!text.contains("12345"), "literal leaked into the audit trail");
+    assert!(
+        !text.contains(&secret_email),
+        "literal leaked into the audit trail"
+    );
+    assert!(
+        !text.contains("12345"),
+        "literal leaked into the audit trail"
+    );
     assert!(!text.contains("wrong-password"));
 
     // The same statement shape is counted, with its latency, in Prometheus.
-    let fingerprint = limited["statement"]["fingerprint"].as_str().expect("fingerprint");
+    let fingerprint = limited["statement"]["fingerprint"]
+        .as_str()
+        .expect("fingerprint");
     let metrics = env.metrics().await?;
-    let count_line = format!("portcullis_statement_fingerprint_duration_seconds_count{{fingerprint=\"{fingerprint}\"}} 1");
-    assert!(metrics.contains(&count_line), "{count_line} missing from metrics");
+    let count_line = format!(
+        "portcullis_statement_fingerprint_duration_seconds_count{{fingerprint=\"{fingerprint}\"}} 1"
+    );
+    assert!(
+        metrics.contains(&count_line),
+        "{count_line} missing from metrics"
+    );
 
     let report = portcullis_tests::portcullis_audit::verify::verify([text.as_bytes()], None);
     assert!(report.is_ok(), "{report}");

@@ -49,11 +49,17 @@ fn check_run(label: &str, out: &Output) -> Result<()> {
     let report = String::from_utf8_lossy(&out.stdout);
     let errors = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
-        bail!("{label}: pgbench exited with {}: {errors}\n{report}", out.status);
+        bail!(
+            "{label}: pgbench exited with {}: {errors}\n{report}",
+            out.status
+        );
     }
     let processed = format!("number of transactions actually processed: {RUN_TOTAL}/{RUN_TOTAL}");
     assert!(report.contains(&processed), "{label}: {report}");
-    assert!(report.contains("number of failed transactions: 0 (0.000%)"), "{label}: {report}");
+    assert!(
+        report.contains("number of failed transactions: 0 (0.000%)"),
+        "{label}: {report}"
+    );
     assert!(!errors.contains("error"), "{label}: {errors}");
     Ok(())
 }
@@ -70,16 +76,29 @@ async fn pgbench_init_and_all_query_modes() -> Result<()> {
     let init_log = String::from_utf8_lossy(&init.stderr);
     assert!(init.status.success(), "pgbench -i: {init_log}");
     assert!(init_log.contains("done in"), "{init_log}");
-    let accounts = env.psql_direct(&["-c", "SELECT count(*) FROM pgbench_accounts"]).await?;
+    let accounts = env
+        .psql_direct(&["-c", "SELECT count(*) FROM pgbench_accounts"])
+        .await?;
     assert_eq!(direct_number(&stdout(&accounts)?)?, 100_000);
 
     // `-n`: without it every run starts by truncating pgbench_history, and the rows
     // of all three TPC-B runs are counted below.
     for mode in ["simple", "extended", "prepared"] {
-        let tpcb = pgbench(&env, ADMIN, &["-n", "-M", mode, "-c", CLIENTS, "-j", "2", "-t", PER_CLIENT]).await?;
+        let tpcb = pgbench(
+            &env,
+            ADMIN,
+            &["-n", "-M", mode, "-c", CLIENTS, "-j", "2", "-t", PER_CLIENT],
+        )
+        .await?;
         check_run(&format!("TPC-B -M {mode}"), &tpcb)?;
-        let select_only =
-            pgbench(&env, ADMIN, &["-n", "-M", mode, "-S", "-c", CLIENTS, "-j", "2", "-t", PER_CLIENT]).await?;
+        let select_only = pgbench(
+            &env,
+            ADMIN,
+            &[
+                "-n", "-M", mode, "-S", "-c", CLIENTS, "-j", "2", "-t", PER_CLIENT,
+            ],
+        )
+        .await?;
         check_run(&format!("-S -M {mode}"), &select_only)?;
     }
     // The TPC-B-like transaction as one libpq pipeline (extended protocol only): every
@@ -88,18 +107,37 @@ async fn pgbench_init_and_all_query_modes() -> Result<()> {
     std::fs::write(&script, PIPELINED_TPCB)?;
     let script = script.display().to_string();
     for mode in ["extended", "prepared"] {
-        let run = pgbench(&env, ADMIN, &["-n", "-M", mode, "-f", &script, "-c", CLIENTS, "-j", "2", "-t", PER_CLIENT]).await?;
+        let run = pgbench(
+            &env,
+            ADMIN,
+            &[
+                "-n", "-M", mode, "-f", &script, "-c", CLIENTS, "-j", "2", "-t", PER_CLIENT,
+            ],
+        )
+        .await?;
         check_run(&format!("pipelined TPC-B -M {mode}"), &run)?;
     }
 
     // A read-only user may run the select-only script.
-    let analyst = pgbench(&env, ANALYST, &["-n", "-M", "prepared", "-S", "-c", CLIENTS, "-j", "2", "-t", PER_CLIENT]).await?;
+    let analyst = pgbench(
+        &env,
+        ANALYST,
+        &[
+            "-n", "-M", "prepared", "-S", "-c", CLIENTS, "-j", "2", "-t", PER_CLIENT,
+        ],
+    )
+    .await?;
     check_run("analyst -S -M prepared", &analyst)?;
 
     // Each TPC-B transaction inserts one history row (three built-in runs, two
     // pipelined ones); -S inserts none.
-    let history = env.psql_direct(&["-c", "SELECT count(*) FROM pgbench_history"]).await?;
-    assert_eq!(direct_number(&stdout(&history)?)?, 3 * RUN_TOTAL + 2 * RUN_TOTAL);
+    let history = env
+        .psql_direct(&["-c", "SELECT count(*) FROM pgbench_history"])
+        .await?;
+    assert_eq!(
+        direct_number(&stdout(&history)?)?,
+        3 * RUN_TOTAL + 2 * RUN_TOTAL
+    );
     // Every update landed exactly once: the balances add up to the history's deltas.
     let sums = stdout(
         &env.psql_direct(&[
@@ -111,6 +149,9 @@ async fn pgbench_init_and_all_query_modes() -> Result<()> {
     )?;
     let sums: Vec<&str> = sums.trim().split('|').collect();
     assert_eq!(sums.len(), 4, "{sums:?}");
-    assert!(sums.iter().all(|s| *s == sums[0]), "balances disagree with history: {sums:?}");
+    assert!(
+        sums.iter().all(|s| *s == sums[0]),
+        "balances disagree with history: {sums:?}"
+    );
     Ok(())
 }

@@ -25,7 +25,14 @@ fn strict_dsn(env: &TestEnv, host: &str, (user, password): (&str, &str), extra: 
 async fn psql(dsn: &str, args: &[&str]) -> Result<Output> {
     let mut cmd = tokio::process::Command::new("psql");
     cmd.arg("-X").arg(dsn).args(args);
-    for var in ["PGPASSWORD", "PGSERVICE", "PGSSLMODE", "PGCHANNELBINDING", "PGOPTIONS", "PGAPPNAME"] {
+    for var in [
+        "PGPASSWORD",
+        "PGSERVICE",
+        "PGSSLMODE",
+        "PGCHANNELBINDING",
+        "PGOPTIONS",
+        "PGAPPNAME",
+    ] {
         cmd.env_remove(var);
     }
     Ok(cmd.output().await?)
@@ -48,10 +55,15 @@ async fn verify_full_works_for_ip_and_dns_names() -> Result<()> {
     let other = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])?;
     let other_path = env.dir().join("other-root.crt");
     std::fs::write(&other_path, other.cert.pem())?;
-    let wrong = strict_dsn(&env, "127.0.0.1", ANALYST, "")
-        .replace(&env.cert_path.display().to_string(), &other_path.display().to_string());
+    let wrong = strict_dsn(&env, "127.0.0.1", ANALYST, "").replace(
+        &env.cert_path.display().to_string(),
+        &other_path.display().to_string(),
+    );
     let out = psql(&wrong, &["-c", "SELECT 1"]).await?;
-    assert!(!out.status.success(), "verify-full accepted a certificate it does not trust");
+    assert!(
+        !out.status.success(),
+        "verify-full accepted a certificate it does not trust"
+    );
     let err = text(&out.stderr);
     assert!(err.contains("certificate verify failed"), "{err}");
     Ok(())
@@ -63,23 +75,38 @@ async fn describe_commands_match_direct_output_exactly() -> Result<()> {
     let direct = env.direct_dsn();
     // Expected content proves the comparisons are not between two empty outputs.
     let cases: [(&str, &str); 5] = [
-        (r"\d customers", "\"customers_tenant_id_fkey\" FOREIGN KEY (tenant_id) REFERENCES tenants(id)"),
+        (
+            r"\d customers",
+            "\"customers_tenant_id_fkey\" FOREIGN KEY (tenant_id) REFERENCES tenants(id)",
+        ),
         (r"\d+ orders", "tenant key: row-level security by tenant"),
         (r"\dt", "(3 rows)"),
         (r"\l", "quickstart"),
         (r"\dn", "public | pg_database_owner"),
     ];
     // One session per side runs every command (`-c` may repeat).
-    let args: Vec<&str> = cases.iter().flat_map(|(command, _)| ["-c", *command]).collect();
+    let args: Vec<&str> = cases
+        .iter()
+        .flat_map(|(command, _)| ["-c", *command])
+        .collect();
     let straight = psql(&direct, &args).await?;
-    assert!(straight.status.success(), "direct: {}", text(&straight.stderr));
+    assert!(
+        straight.status.success(),
+        "direct: {}",
+        text(&straight.stderr)
+    );
     let expected = text(&straight.stdout);
     for (command, needle) in cases {
         assert!(expected.contains(needle), "{command}: {expected}");
     }
     for who in [ADMIN, ANALYST, SUPPORT] {
         let proxied = psql(&strict_dsn(&env, "127.0.0.1", who, ""), &args).await?;
-        assert!(proxied.status.success(), "as {}: {}", who.0, text(&proxied.stderr));
+        assert!(
+            proxied.status.success(),
+            "as {}: {}",
+            who.0,
+            text(&proxied.stderr)
+        );
         // Byte equality, no normalisation: psql's catalog queries, their results
         // and the notices (none) are what the database gives.
         assert_eq!(text(&proxied.stdout), expected, "as {}", who.0);
@@ -100,14 +127,32 @@ async fn copy_out_and_in_round_trip() -> Result<()> {
     let out = psql(&admin, &["-v", "ON_ERROR_STOP=1", "-c", &copy_out]).await?;
     assert_eq!(stdout(&out)?, "COPY 300\n");
     let copy_out = format!(r"\copy customers TO '{}' CSV", direct_csv.display());
-    stdout(&psql(&env.direct_dsn(), &["-v", "ON_ERROR_STOP=1", "-c", &copy_out]).await?)?;
+    stdout(
+        &psql(
+            &env.direct_dsn(),
+            &["-v", "ON_ERROR_STOP=1", "-c", &copy_out],
+        )
+        .await?,
+    )?;
     let proxied = std::fs::read(&proxied_csv)?;
     let straight = std::fs::read(&direct_csv)?;
     assert_eq!(proxied.iter().filter(|b| **b == b'\n').count(), 300);
-    assert!(proxied == straight, "COPY TO output differs from the direct one");
+    assert!(
+        proxied == straight,
+        "COPY TO output differs from the direct one"
+    );
 
     // A scratch table made by the DBA through the proxy, filled with COPY FROM STDIN.
-    let out = psql(&admin, &["-v", "ON_ERROR_STOP=1", "-c", "CREATE TABLE copy_scratch (LIKE customers)"]).await?;
+    let out = psql(
+        &admin,
+        &[
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            "CREATE TABLE copy_scratch (LIKE customers)",
+        ],
+    )
+    .await?;
     assert_eq!(stdout(&out)?, "CREATE TABLE\n");
     let copy_in = format!(r"\copy copy_scratch FROM '{}' CSV", proxied_csv.display());
     let out = psql(&admin, &["-v", "ON_ERROR_STOP=1", "-c", &copy_in]).await?;
@@ -125,12 +170,27 @@ async fn copy_out_and_in_round_trip() -> Result<()> {
     // client is still sending; nothing is loaded and the same session goes on.
     let bad_csv = env.dir().join("bad.tsv");
     let rows: String = (0..100_000)
-        .map(|i| if i == 90_000 { "oops\tbad\n".to_owned() } else { format!("{i}\tnote {i}\n") })
+        .map(|i| {
+            if i == 90_000 {
+                "oops\tbad\n".to_owned()
+            } else {
+                format!("{i}\tnote {i}\n")
+            }
+        })
         .collect();
     std::fs::write(&bad_csv, rows)?;
-    stdout(&env.psql_direct(&["-c", "CREATE TABLE copy_errors (id int, note text)"]).await?)?;
+    stdout(
+        &env.psql_direct(&["-c", "CREATE TABLE copy_errors (id int, note text)"])
+            .await?,
+    )?;
     let bad_copy = format!(r"\copy copy_errors FROM '{}'", bad_csv.display());
-    let args = ["-At", "-c", bad_copy.as_str(), "-c", "SELECT count(*) FROM copy_errors"];
+    let args = [
+        "-At",
+        "-c",
+        bad_copy.as_str(),
+        "-c",
+        "SELECT count(*) FROM copy_errors",
+    ];
     let proxied = psql(&admin, &args).await?;
     let straight = psql(&env.direct_dsn(), &args).await?;
     assert_eq!(text(&proxied.stdout), "0\n");
@@ -138,7 +198,10 @@ async fn copy_out_and_in_round_trip() -> Result<()> {
     assert!(err.contains("COPY copy_errors, line 90001"), "{err}");
     assert_eq!(err, text(&straight.stderr));
 
-    let count = stdout(&env.psql_direct(&["-c", "SELECT count(*) FROM copy_scratch"]).await?)?;
+    let count = stdout(
+        &env.psql_direct(&["-c", "SELECT count(*) FROM copy_scratch"])
+            .await?,
+    )?;
     assert_eq!(count, "300\n");
     let differing = stdout(
         &env.psql_direct(&[
@@ -157,7 +220,11 @@ async fn multi_statement_and_failed_transaction_behave_like_postgres() -> Result
     let env = TestEnv::start().await?;
     let admin = strict_dsn(&env, "127.0.0.1", ADMIN, "");
 
-    let out = psql(&admin, &["-At", "-v", "ON_ERROR_STOP=1", "-c", "SELECT 1; SELECT 2"]).await?;
+    let out = psql(
+        &admin,
+        &["-At", "-v", "ON_ERROR_STOP=1", "-c", "SELECT 1; SELECT 2"],
+    )
+    .await?;
     assert_eq!(stdout(&out)?, "1\n2\n");
 
     // An error inside a transaction: later statements are refused by the server until
@@ -177,7 +244,10 @@ async fn multi_statement_and_failed_transaction_behave_like_postgres() -> Result
     assert_eq!(text(&proxied.stdout), text(&straight.stdout));
     let err = text(&proxied.stderr);
     assert!(err.contains("ERROR:  division by zero"), "{err}");
-    assert!(err.contains("ERROR:  current transaction is aborted"), "{err}");
+    assert!(
+        err.contains("ERROR:  current transaction is aborted"),
+        "{err}"
+    );
     assert_eq!(err, text(&straight.stderr));
     Ok(())
 }
@@ -189,7 +259,13 @@ async fn notices_and_parameter_status_reach_the_client() -> Result<()> {
     // DO is not parsed by the proxy; the DBA's passthrough forwards it.
     let out = psql(
         &admin,
-        &["-At", "-v", "ON_ERROR_STOP=1", "-c", "DO $$BEGIN RAISE NOTICE 'hi from %', 'plpgsql'; END$$"],
+        &[
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            "DO $$BEGIN RAISE NOTICE 'hi from %', 'plpgsql'; END$$",
+        ],
     )
     .await?;
     assert_eq!(stdout(&out)?, "DO\n");
@@ -199,20 +275,40 @@ async fn notices_and_parameter_status_reach_the_client() -> Result<()> {
     // ParameterStatus, which psql shows as a variable, and SHOW reads the setting.
     let out = psql(
         &admin,
-        &["-At", "-v", "ON_ERROR_STOP=1", "-c", "SHOW application_name", "-c", r"\echo :SERVER_VERSION_NUM"],
+        &[
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            "SHOW application_name",
+            "-c",
+            r"\echo :SERVER_VERSION_NUM",
+        ],
     )
     .await?;
     let shown = stdout(&out)?;
     let mut lines = shown.lines();
     assert_eq!(lines.next(), Some("myapp"));
     let direct_version = stdout(&env.psql_direct(&["-c", "SHOW server_version_num"]).await?)?;
-    assert_eq!(lines.next(), Some(direct_version.trim()), "server_version ParameterStatus");
+    assert_eq!(
+        lines.next(),
+        Some(direct_version.trim()),
+        "server_version ParameterStatus"
+    );
 
     // A warning for a statement the proxy parses, for a non-DBA user, as direct.
     let analyst = strict_dsn(&env, "localhost", ANALYST, "");
-    let proxied = psql(&analyst, &["-At", "-c", "ROLLBACK", "-c", "SHOW application_name"]).await?;
+    let proxied = psql(
+        &analyst,
+        &["-At", "-c", "ROLLBACK", "-c", "SHOW application_name"],
+    )
+    .await?;
     let straight = psql(&env.direct_dsn(), &["-At", "-c", "ROLLBACK"]).await?;
-    assert_eq!(stdout(&proxied)?, "ROLLBACK\npsql\n", "psql's default application_name");
+    assert_eq!(
+        stdout(&proxied)?,
+        "ROLLBACK\npsql\n",
+        "psql's default application_name"
+    );
     let warning = text(&proxied.stderr);
     assert_eq!(warning, "WARNING:  there is no transaction in progress\n");
     assert_eq!(warning, text(&straight.stderr));
@@ -228,7 +324,10 @@ async fn error_positions_point_into_the_client_text() -> Result<()> {
     let proxied = psql(&strict_dsn(&env, "127.0.0.1", ADMIN, ""), &["-c", query]).await?;
     let straight = psql(&env.direct_dsn(), &["-c", query]).await?;
     let expected = text(&straight.stderr);
-    assert!(expected.contains("LINE 3:        nme\n               ^"), "{expected}");
+    assert!(
+        expected.contains("LINE 3:        nme\n               ^"),
+        "{expected}"
+    );
     // Best is the same caret; a proxy that cannot map the position may leave it out
     // (psql then shows no LINE), but one pointing elsewhere misleads.
     let without_position: String = expected
@@ -265,22 +364,46 @@ async fn pg_dump_and_restore_through_the_proxy() -> Result<()> {
     // pg_dump: catalog queries, a REPEATABLE READ snapshot, LOCK TABLE, COPY TO STDOUT.
     let proxied = dump(strict_dsn(&env, "127.0.0.1", ADMIN, "")).await?;
     let straight = dump(env.direct_dsn()).await?;
-    assert!(proxied.contains("COPY public.orders ("), "{}", &proxied[..proxied.len().min(2000)]);
-    assert!(proxied == straight, "pg_dump through the proxy differs from the direct dump");
+    assert!(
+        proxied.contains("COPY public.orders ("),
+        "{}",
+        &proxied[..proxied.len().min(2000)]
+    );
+    assert!(
+        proxied == straight,
+        "pg_dump through the proxy differs from the direct dump"
+    );
 
     // Restore the dump through the proxy (DDL, set_config, COPY FROM STDIN with data in
     // the script) into a fresh database, then dump that straight: the same again.
     stdout(&env.psql_direct(&["-c", "CREATE DATABASE restored"]).await?)?;
     let script = env.dir().join("dump.sql");
     std::fs::write(&script, &proxied)?;
-    let restored_dsn = strict_dsn(&env, "127.0.0.1", ADMIN, "").replace(
-        &format!("dbname={}", env.database),
-        "dbname=restored",
+    let restored_dsn = strict_dsn(&env, "127.0.0.1", ADMIN, "")
+        .replace(&format!("dbname={}", env.database), "dbname=restored");
+    let out = psql(
+        &restored_dsn,
+        &[
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-f",
+            &script.display().to_string(),
+        ],
+    )
+    .await?;
+    assert!(
+        out.status.success(),
+        "restore through the proxy: {}",
+        text(&out.stderr)
     );
-    let out = psql(&restored_dsn, &["-q", "-v", "ON_ERROR_STOP=1", "-f", &script.display().to_string()]).await?;
-    assert!(out.status.success(), "restore through the proxy: {}", text(&out.stderr));
-    let direct_restored = env.direct_dsn().replace(&format!("dbname={}", env.database), "dbname=restored");
+    let direct_restored = env
+        .direct_dsn()
+        .replace(&format!("dbname={}", env.database), "dbname=restored");
     let again = dump(direct_restored).await?;
-    assert!(again == straight, "the database restored through the proxy differs from the original");
+    assert!(
+        again == straight,
+        "the database restored through the proxy differs from the original"
+    );
     Ok(())
 }

@@ -67,15 +67,24 @@ fn render(row: &Row) -> Result<Vec<String>> {
             Type::INT8 => format!("{:?}", row.try_get::<_, Option<i64>>(i)?),
             Type::FLOAT4 => format!("{:?}", row.try_get::<_, Option<f32>>(i)?),
             Type::FLOAT8 => format!("{:?}", row.try_get::<_, Option<f64>>(i)?),
-            Type::TEXT | Type::VARCHAR | Type::NAME => format!("{:?}", row.try_get::<_, Option<String>>(i)?),
+            Type::TEXT | Type::VARCHAR | Type::NAME => {
+                format!("{:?}", row.try_get::<_, Option<String>>(i)?)
+            }
             Type::BYTEA => format!("{:?}", row.try_get::<_, Option<Vec<u8>>>(i)?),
             Type::DATE => format!("{:?}", row.try_get::<_, Option<time::Date>>(i)?),
-            Type::TIMESTAMPTZ => format!("{:?}", row.try_get::<_, Option<time::OffsetDateTime>>(i)?),
+            Type::TIMESTAMPTZ => {
+                format!("{:?}", row.try_get::<_, Option<time::OffsetDateTime>>(i)?)
+            }
             Type::INT4_ARRAY => format!("{:?}", row.try_get::<_, Option<Vec<Option<i32>>>>(i)?),
             Type::INT8_ARRAY => format!("{:?}", row.try_get::<_, Option<Vec<Option<i64>>>>(i)?),
             Type::TEXT_ARRAY => format!("{:?}", row.try_get::<_, Option<Vec<Option<String>>>>(i)?),
-            Type::JSONB | Type::JSON => format!("{:?}", row.try_get::<_, Option<serde_json::Value>>(i)?),
-            _ => bail!("column {} has type {ty}, which render() does not decode", column.name()),
+            Type::JSONB | Type::JSON => {
+                format!("{:?}", row.try_get::<_, Option<serde_json::Value>>(i)?)
+            }
+            _ => bail!(
+                "column {} has type {ty}, which render() does not decode",
+                column.name()
+            ),
         };
         out.push(format!("{}={value}", column.name()));
     }
@@ -151,8 +160,16 @@ async fn binary_parameters_and_results_match_direct() -> Result<()> {
     let expected = straight.query(ECHO, &params).await?;
     assert_eq!(render_all(&rows)?, render_all(&expected)?);
     assert_eq!(
-        statement.columns().iter().map(|c| c.type_().clone()).collect::<Vec<_>>(),
-        expected[0].columns().iter().map(|c| c.type_().clone()).collect::<Vec<_>>(),
+        statement
+            .columns()
+            .iter()
+            .map(|c| c.type_().clone())
+            .collect::<Vec<_>>(),
+        expected[0]
+            .columns()
+            .iter()
+            .map(|c| c.type_().clone())
+            .collect::<Vec<_>>(),
     );
 
     // A prepared statement over the real tables, executed several times with new values.
@@ -170,7 +187,10 @@ async fn binary_parameters_and_results_match_direct() -> Result<()> {
         assert_eq!(got, want, "tenant {tenant}");
         seen += got.len();
     }
-    assert!(seen > 50, "the comparisons should cover real rows, saw {seen}");
+    assert!(
+        seen > 50,
+        "the comparisons should cover real rows, saw {seen}"
+    );
 
     // Arrays coming back, and NULL-bearing rows, through the unnamed statement.
     let agg = "SELECT tenant_id, array_agg(id ORDER BY id) AS ids, \
@@ -212,18 +232,32 @@ async fn portal_with_row_limit_suspends_and_resumes() -> Result<()> {
     let (proxied_batches, proxied_rows) = &results[0];
     let (direct_batches, direct_rows) = &results[1];
     assert!(proxied_batches.len() > 3, "{proxied_batches:?}");
-    assert!(proxied_batches[..proxied_batches.len() - 2].iter().all(|n| *n == 10), "{proxied_batches:?}");
+    assert!(
+        proxied_batches[..proxied_batches.len() - 2]
+            .iter()
+            .all(|n| *n == 10),
+        "{proxied_batches:?}"
+    );
     assert_eq!(proxied_batches, direct_batches);
     assert_eq!(proxied_rows, direct_rows);
 
     // Two portals open at once in one transaction, read alternately.
     let tx = proxied.transaction().await?;
-    let evens = tx.bind("SELECT g FROM generate_series(2, 40, 2) g", &[]).await?;
-    let odds = tx.bind("SELECT g FROM generate_series(1, 39, 2) g", &[]).await?;
+    let evens = tx
+        .bind("SELECT g FROM generate_series(2, 40, 2) g", &[])
+        .await?;
+    let odds = tx
+        .bind("SELECT g FROM generate_series(1, 39, 2) g", &[])
+        .await?;
     let mut merged = Vec::new();
     for _ in 0..4 {
         for portal in [&odds, &evens] {
-            merged.extend(tx.query_portal(portal, 5).await?.iter().map(|r| r.get::<_, i32>(0)));
+            merged.extend(
+                tx.query_portal(portal, 5)
+                    .await?
+                    .iter()
+                    .map(|r| r.get::<_, i32>(0)),
+            );
         }
     }
     tx.rollback().await?;
@@ -253,7 +287,12 @@ async fn copy_in_and_out_match_direct_bytes() -> Result<()> {
         let got = copy_out(&proxied, sql).await?;
         let want = copy_out(&straight, sql).await?;
         assert!(got.len() > 10_000, "{sql}: {} bytes", got.len());
-        assert!(got == want, "{sql}: {} bytes through the proxy, {} direct", got.len(), want.len());
+        assert!(
+            got == want,
+            "{sql}: {} bytes through the proxy, {} direct",
+            got.len(),
+            want.len()
+        );
     }
 
     proxied
@@ -266,10 +305,16 @@ async fn copy_in_and_out_match_direct_bytes() -> Result<()> {
     // backslash, \N), so the table copied out directly must equal it byte for byte.
     let mut input = Vec::new();
     for i in 0..20_000 {
-        let note = if i % 11 == 0 { r"\N".to_owned() } else { format!(r"row\t{i} with \\ and ünïcödé") };
+        let note = if i % 11 == 0 {
+            r"\N".to_owned()
+        } else {
+            format!(r"row\t{i} with \\ and ünïcödé")
+        };
         input.extend_from_slice(format!("{i}\t{note}\t{}.{:02}\n", i * 3, i % 100).as_bytes());
     }
-    let sink = proxied.copy_in::<_, Bytes>("COPY copy_text FROM STDIN").await?;
+    let sink = proxied
+        .copy_in::<_, Bytes>("COPY copy_text FROM STDIN")
+        .await?;
     let mut sink = pin!(sink);
     for chunk in input.chunks(7_919) {
         sink.send(Bytes::copy_from_slice(chunk)).await?;
@@ -277,14 +322,24 @@ async fn copy_in_and_out_match_direct_bytes() -> Result<()> {
     assert_eq!(sink.as_mut().finish().await?, 20_000);
     let back = copy_out(&straight, "COPY copy_text TO STDOUT").await?;
     assert!(back == input, "COPY IN through the proxy changed the data");
-    let nulls: i64 = straight.query_one("SELECT count(*) FROM copy_text WHERE note IS NULL", &[]).await?.get(0);
+    let nulls: i64 = straight
+        .query_one("SELECT count(*) FROM copy_text WHERE note IS NULL", &[])
+        .await?
+        .get(0);
     assert_eq!(nulls, 20_000 / 11 + 1);
 
     // COPY IN (binary) with tokio-postgres's encoder.
-    let sink = proxied.copy_in("COPY copy_bin FROM STDIN (FORMAT binary)").await?;
-    let writer = BinaryCopyInWriter::new(sink, &[Type::INT4, Type::TEXT, Type::TIMESTAMPTZ, Type::INT4_ARRAY]);
+    let sink = proxied
+        .copy_in("COPY copy_bin FROM STDIN (FORMAT binary)")
+        .await?;
+    let writer = BinaryCopyInWriter::new(
+        sink,
+        &[Type::INT4, Type::TEXT, Type::TIMESTAMPTZ, Type::INT4_ARRAY],
+    );
     let mut writer = pin!(writer);
-    let base = time::Date::from_calendar_date(2026, time::Month::January, 1)?.midnight().assume_utc();
+    let base = time::Date::from_calendar_date(2026, time::Month::January, 1)?
+        .midnight()
+        .assume_utc();
     for i in 0..5_000i32 {
         let note = (i % 3 != 0).then(|| format!("n{i}"));
         let seen = base + time::Duration::seconds(i64::from(i) * 97);
@@ -292,23 +347,46 @@ async fn copy_in_and_out_match_direct_bytes() -> Result<()> {
         writer.as_mut().write(&[&i, &note, &seen, &tags]).await?;
     }
     assert_eq!(writer.as_mut().finish().await?, 5_000);
-    let got = copy_out(&proxied, "COPY (SELECT * FROM copy_bin ORDER BY id) TO STDOUT (FORMAT binary)").await?;
-    let want = copy_out(&straight, "COPY (SELECT * FROM copy_bin ORDER BY id) TO STDOUT (FORMAT binary)").await?;
+    let got = copy_out(
+        &proxied,
+        "COPY (SELECT * FROM copy_bin ORDER BY id) TO STDOUT (FORMAT binary)",
+    )
+    .await?;
+    let want = copy_out(
+        &straight,
+        "COPY (SELECT * FROM copy_bin ORDER BY id) TO STDOUT (FORMAT binary)",
+    )
+    .await?;
     assert!(got == want);
     let check: i64 = straight
-        .query_one("SELECT sum(id + tags[3]) FROM copy_bin WHERE note IS NULL", &[])
+        .query_one(
+            "SELECT sum(id + tags[3]) FROM copy_bin WHERE note IS NULL",
+            &[],
+        )
         .await?
         .get(0);
-    assert_eq!(check, (0..5_000i64).filter(|i| i % 3 == 0).map(|i| 3 * i).sum::<i64>());
+    assert_eq!(
+        check,
+        (0..5_000i64)
+            .filter(|i| i % 3 == 0)
+            .map(|i| 3 * i)
+            .sum::<i64>()
+    );
 
     // An abandoned COPY IN (CopyFail): nothing is loaded and the session goes on.
     {
-        let sink = proxied.copy_in::<_, Bytes>("COPY copy_text FROM STDIN").await?;
+        let sink = proxied
+            .copy_in::<_, Bytes>("COPY copy_text FROM STDIN")
+            .await?;
         let mut sink = pin!(sink);
-        sink.send(Bytes::from_static(b"900001\tlost\t1.00\n")).await?;
+        sink.send(Bytes::from_static(b"900001\tlost\t1.00\n"))
+            .await?;
         // Dropped without finish(): tokio-postgres sends CopyFail.
     }
-    let after: i64 = proxied.query_one("SELECT count(*) FROM copy_text", &[]).await?.get(0);
+    let after: i64 = proxied
+        .query_one("SELECT count(*) FROM copy_text", &[])
+        .await?
+        .get(0);
     assert_eq!(after, 20_000);
     Ok(())
 }
@@ -339,7 +417,11 @@ async fn cancel_request_reaches_the_running_statement() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    assert_eq!(straight.query_one(running, &[]).await?.get::<_, i64>(0), 1, "pg_sleep never started");
+    assert_eq!(
+        straight.query_one(running, &[]).await?.get::<_, i64>(0),
+        1,
+        "pg_sleep never started"
+    );
 
     // The CancelRequest goes over its own TLS connection to the proxy.
     token.cancel_query(tls(&env)?).await?;
@@ -347,9 +429,14 @@ async fn cancel_request_reaches_the_running_statement() -> Result<()> {
     let (client, result) = tokio::time::timeout(Duration::from_secs(20), sleeper)
         .await
         .context("the cancelled statement did not end")??;
-    let err = result.err().context("pg_sleep(30) finished although cancelled")?;
+    let err = result
+        .err()
+        .context("pg_sleep(30) finished although cancelled")?;
     assert_eq!(sqlstate(&err), Some("57014"), "{err}");
-    let message = err.as_db_error().map(|e| e.message().to_owned()).unwrap_or_default();
+    let message = err
+        .as_db_error()
+        .map(|e| e.message().to_owned())
+        .unwrap_or_default();
     assert_eq!(message, "canceling statement due to user request");
 
     // The session survives the cancel.
@@ -379,10 +466,16 @@ async fn listen_notify_and_notices_are_delivered() -> Result<()> {
     listener.batch_execute("LISTEN portcullis_events").await?;
 
     let notifier = proxy(&env, SUPPORT).await?;
-    notifier.batch_execute("NOTIFY portcullis_events, 'payload from a proxied session'").await?;
+    notifier
+        .batch_execute("NOTIFY portcullis_events, 'payload from a proxied session'")
+        .await?;
     let straight = direct(&env).await?;
-    straight.batch_execute("NOTIFY portcullis_events, 'payload from a direct session'").await?;
-    straight.batch_execute("NOTIFY other_channel, 'not for us'").await?;
+    straight
+        .batch_execute("NOTIFY portcullis_events, 'payload from a direct session'")
+        .await?;
+    straight
+        .batch_execute("NOTIFY other_channel, 'not for us'")
+        .await?;
 
     let mut payloads = Vec::new();
     while payloads.len() < 2 {
@@ -395,7 +488,13 @@ async fn listen_notify_and_notices_are_delivered() -> Result<()> {
             payloads.push(n.payload().to_owned());
         }
     }
-    assert_eq!(payloads, ["payload from a proxied session", "payload from a direct session"]);
+    assert_eq!(
+        payloads,
+        [
+            "payload from a proxied session",
+            "payload from a direct session"
+        ]
+    );
 
     // A WARNING (NoticeResponse) for a statement the proxy parsed and allowed.
     listener.batch_execute("ROLLBACK").await?;
@@ -429,13 +528,22 @@ async fn pipelined_statements_with_denials_and_errors_in_the_middle() -> Result<
         let client = &client;
         async move {
             if i % 5 == 2 {
-                client.execute("DELETE FROM orders WHERE id = $1", &[&i64::from(i)]).await.map(|_| -1)
+                client
+                    .execute("DELETE FROM orders WHERE id = $1", &[&i64::from(i)])
+                    .await
+                    .map(|_| -1)
             } else if i % 5 == 4 {
                 // A server-side error next to the proxy's denials.
-                client.query_one("SELECT $1::int4 / 0", &[&i]).await.map(|row| row.get::<_, i32>(0))
+                client
+                    .query_one("SELECT $1::int4 / 0", &[&i])
+                    .await
+                    .map(|row| row.get::<_, i32>(0))
             } else {
                 client
-                    .query_one("SELECT $1::int4 * 2 + count(*)::int4 FROM tenants WHERE id < 0", &[&i])
+                    .query_one(
+                        "SELECT $1::int4 * 2 + count(*)::int4 FROM tenants WHERE id < 0",
+                        &[&i],
+                    )
                     .await
                     .map(|row| row.get::<_, i32>(0))
             }
@@ -455,13 +563,22 @@ async fn pipelined_statements_with_denials_and_errors_in_the_middle() -> Result<
             Err(err) => {
                 assert_eq!(i % 5, 2, "statement {i} failed: {err}");
                 assert_eq!(sqlstate(&err), Some("42501"), "{err}");
-                let message = err.as_db_error().map(|e| e.message().to_owned()).unwrap_or_default();
-                assert!(message.contains("may not run write statements (DELETE)"), "{message}");
+                let message = err
+                    .as_db_error()
+                    .map(|e| e.message().to_owned())
+                    .unwrap_or_default();
+                assert!(
+                    message.contains("may not run write statements (DELETE)"),
+                    "{message}"
+                );
             }
         }
     }
     let straight = direct(&env).await?;
-    let orders: i64 = straight.query_one("SELECT count(*) FROM orders", &[]).await?.get(0);
+    let orders: i64 = straight
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await?
+        .get(0);
     assert_eq!(orders, 1500);
     Ok(())
 }
@@ -469,8 +586,16 @@ async fn pipelined_statements_with_denials_and_errors_in_the_middle() -> Result<
 /// Peak resident set size of this process (the proxy runs inside it), in bytes.
 fn peak_rss() -> Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM")?;
-    let kb: u64 = line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse()?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .context("no VmHWM")?;
+    let kb: u64 = line
+        .trim_start_matches("VmHWM:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
     Ok(kb * 1024)
 }
 
@@ -480,11 +605,19 @@ async fn million_row_result_streams_in_bounded_memory() -> Result<()> {
     let env = TestEnv::start().await?;
     let client = proxy(&env, ANALYST).await?;
     // Warm up the session, the TLS buffers and the policy cache first.
-    client.query("SELECT g, repeat('x', 100) FROM generate_series(1, 1000) g", &[]).await?;
+    client
+        .query(
+            "SELECT g, repeat('x', 100) FROM generate_series(1, 1000) g",
+            &[],
+        )
+        .await?;
     let before = peak_rss()?;
 
     let stream = client
-        .query_raw("SELECT g, repeat('x', 100) FROM generate_series(1, 1000000) g", Vec::<i32>::new())
+        .query_raw(
+            "SELECT g, repeat('x', 100) FROM generate_series(1, 1000000) g",
+            Vec::<i32>::new(),
+        )
         .await?;
     let mut stream = pin!(stream);
     let (mut rows, mut sum, mut bytes) = (0i64, 0i64, 0usize);
@@ -499,7 +632,11 @@ async fn million_row_result_streams_in_bounded_memory() -> Result<()> {
         bytes += row.get::<_, &str>(1).len();
     }
     let growth = peak_rss()?.saturating_sub(before);
-    eprintln!("peak RSS before {} MiB, growth {} KiB", before >> 20, growth >> 10);
+    eprintln!(
+        "peak RSS before {} MiB, growth {} KiB",
+        before >> 20,
+        growth >> 10
+    );
 
     let straight = direct(&env).await?;
     let want = straight
@@ -510,6 +647,10 @@ async fn million_row_result_streams_in_bounded_memory() -> Result<()> {
     assert_eq!(sum, want.get::<_, i64>(1));
     assert_eq!(i64::try_from(bytes)?, want.get::<_, i64>(2));
     // About 110 MB crossed the proxy; neither it nor the client may have held it.
-    assert!(growth < 64 * 1024 * 1024, "peak RSS grew by {} MiB while streaming", growth >> 20);
+    assert!(
+        growth < 64 * 1024 * 1024,
+        "peak RSS grew by {} MiB while streaming",
+        growth >> 20
+    );
     Ok(())
 }

@@ -11,20 +11,27 @@ async fn required_client_certificate() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "Portcullis test client CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Portcullis test client CA");
     let ca_key = KeyPair::generate()?;
     let ca = ca_params.self_signed(&ca_key)?;
     let ca_path = dir.path().join("client-ca.pem");
     std::fs::write(&ca_path, ca.pem())?;
 
     let mut client_params = CertificateParams::new(Vec::<String>::new())?;
-    client_params.distinguished_name.push(DnType::CommonName, "billing-service");
+    client_params
+        .distinguished_name
+        .push(DnType::CommonName, "billing-service");
     let client_key = KeyPair::generate()?;
     let client_cert = client_params.signed_by(&client_key, &ca, &ca_key)?;
 
     let env = TestEnv::start_with(EnvOptions {
         extra_config: String::new(),
-        tls_extra: format!("client_ca = \"{}\"\nclient_certificates = \"required\"", ca_path.display()),
+        tls_extra: format!(
+            "client_ca = \"{}\"\nclient_certificates = \"required\"",
+            ca_path.display()
+        ),
         ..EnvOptions::default()
     })
     .await?;
@@ -36,15 +43,25 @@ async fn required_client_certificate() -> Result<()> {
         vec![CertificateDer::from(client_cert.der().to_vec())],
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(client_key.serialize_der())),
     )?;
-    let (client, conn) =
-        tokio_postgres::connect(&dsn, tokio_postgres_rustls::MakeRustlsConnect::new(with_cert)).await?;
+    let (client, conn) = tokio_postgres::connect(
+        &dsn,
+        tokio_postgres_rustls::MakeRustlsConnect::new(with_cert),
+    )
+    .await?;
     tokio::spawn(conn);
-    let n: i64 = client.query_one("SELECT count(*) FROM tenants", &[]).await?.get(0);
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM tenants", &[])
+        .await?
+        .get(0);
     assert_eq!(n, 3);
 
     // Without one: refused during the handshake.
     let without = portcullis_tests::client_tls(&env.cert_path)?;
-    let refused = tokio_postgres::connect(&dsn, tokio_postgres_rustls::MakeRustlsConnect::new(without)).await;
-    assert!(refused.is_err(), "a client without certificate must be refused");
+    let refused =
+        tokio_postgres::connect(&dsn, tokio_postgres_rustls::MakeRustlsConnect::new(without)).await;
+    assert!(
+        refused.is_err(),
+        "a client without certificate must be refused"
+    );
     Ok(())
 }

@@ -17,9 +17,9 @@ use portcullis_tests::wire::{
     PROTOCOL_3_0, Tls, assert_still_serving, pg_connect, scalar, scram_login, server_cert,
 };
 use portcullis_tests::{
-    ANALYST, TestEnv, client_tls, describe_messages, eventually, expect_closed,
-    metric, panics_so_far, query_message, raw_connect, raw_tls_connect_with,
-    read_until_ready, startup_message,
+    ANALYST, TestEnv, client_tls, describe_messages, eventually, expect_closed, metric,
+    panics_so_far, query_message, raw_connect, raw_tls_connect_with, read_until_ready,
+    startup_message,
 };
 
 const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];

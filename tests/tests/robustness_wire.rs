@@ -16,12 +16,11 @@ use portcullis_tests::wire::{
     PROTOCOL_3_0, Tls, assert_still_serving, direct, pg_connect, scalar, scram_login, server_cert,
 };
 use portcullis_tests::{
-    ADMIN, ANALYST, EnvOptions, SUPPORT, TestEnv, describe_messages, error_fields,
-    eventually, expect_closed, expect_error, expect_fatal_then_close, extended_messages,
-    frontend_message, panics_so_far, query_message, raw_connect, raw_tls_connect,
-    read_message_within, read_until_ready, startup_message, sync_message,
+    ADMIN, ANALYST, EnvOptions, SUPPORT, TestEnv, describe_messages, error_fields, eventually,
+    expect_closed, expect_error, expect_fatal_then_close, extended_messages, frontend_message,
+    panics_so_far, query_message, raw_connect, raw_tls_connect, read_message_within,
+    read_until_ready, startup_message, sync_message,
 };
-
 
 // ----- helpers -------------------------------------------------------------------------
 

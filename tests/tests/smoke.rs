@@ -6,7 +6,11 @@ use portcullis_tests::{ADMIN, ANALYST, TestEnv, stdout};
 async fn psql_through_proxy_over_tls() -> anyhow::Result<()> {
     let env = TestEnv::start().await?;
     let out = env
-        .psql(ADMIN, "channel_binding=require", &["-c", "SELECT count(*) FROM customers", "-c", "SHOW ssl"])
+        .psql(
+            ADMIN,
+            "channel_binding=require",
+            &["-c", "SELECT count(*) FROM customers", "-c", "SHOW ssl"],
+        )
         .await?;
     let text = stdout(&out)?;
     assert_eq!(text.lines().next(), Some("300"), "{text}");
@@ -16,7 +20,10 @@ async fn psql_through_proxy_over_tls() -> anyhow::Result<()> {
     let err = String::from_utf8_lossy(&denied.stderr);
     assert!(err.contains("may not run write statements"), "{err}");
 
-    let still_there = stdout(&env.psql_direct(&["-c", "SELECT count(*) FROM orders"]).await?)?;
+    let still_there = stdout(
+        &env.psql_direct(&["-c", "SELECT count(*) FROM orders"])
+            .await?,
+    )?;
     assert_eq!(still_there.trim(), "1500");
     Ok(())
 }

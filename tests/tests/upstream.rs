@@ -122,7 +122,12 @@ async fn upstream_tls_verify_full_and_wrong_ca() -> Result<()> {
         dir.path().join("ca.crt").display()
     );
     let (addr, stop) = proxy(&good, &cluster, &extra, &[("alice", None)]).await?;
-    let out = psql(addr, "alice", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").await?;
+    let out = psql(
+        addr,
+        "alice",
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    )
+    .await?;
     assert_eq!(stdout(&out)?.trim(), "t", "upstream session is encrypted");
     stop.cancel();
 
@@ -139,7 +144,10 @@ async fn upstream_tls_verify_full_and_wrong_ca() -> Result<()> {
     let out = psql(addr, "alice", "SELECT 1").await?;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("could not establish a connection to the database server"), "{err}");
+    assert!(
+        err.contains("could not establish a connection to the database server"),
+        "{err}"
+    );
     stop.cancel();
     Ok(())
 }
@@ -147,7 +155,8 @@ async fn upstream_tls_verify_full_and_wrong_ca() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_md5_and_trust_authentication() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let cluster = tokio::task::spawn_blocking(|| Cluster::start(&ClusterOptions::new(PASSWORD))).await??;
+    let cluster =
+        tokio::task::spawn_blocking(|| Cluster::start(&ClusterOptions::new(PASSWORD))).await??;
     cluster.psql(
         "postgres",
         &format!(
@@ -171,10 +180,18 @@ async fn upstream_md5_and_trust_authentication() -> Result<()> {
         dir.path(),
         &cluster,
         "host = \"127.0.0.1\"",
-        &[("scram", None), ("viamd5", Some("md5user")), ("viatrust", Some("trustuser"))],
+        &[
+            ("scram", None),
+            ("viamd5", Some("md5user")),
+            ("viatrust", Some("trustuser")),
+        ],
     )
     .await?;
-    for (user, upstream) in [("scram", "postgres"), ("viamd5", "md5user"), ("viatrust", "trustuser")] {
+    for (user, upstream) in [
+        ("scram", "postgres"),
+        ("viamd5", "md5user"),
+        ("viatrust", "trustuser"),
+    ] {
         let out = psql(addr, user, "SELECT current_user").await?;
         assert_eq!(stdout(&out)?.trim(), upstream, "{user}");
     }

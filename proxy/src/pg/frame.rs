@@ -150,18 +150,33 @@ mod tests {
     #[tokio::test]
     async fn refuses_oversized_before_reading_body() {
         let input = [b'Q', 0x10, 0, 0, 0];
-        assert!(matches!(frames(&input, 1024).await, Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            frames(&input, 1024).await,
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 
     #[tokio::test]
     async fn refuses_negative_and_short_lengths() {
-        assert!(matches!(frames(&[b'Q', 0xff, 0xff, 0xff, 0xff], 1024).await, Err(FrameError::InvalidLength(-1))));
-        assert!(matches!(frames(&[b'Q', 0, 0, 0, 3], 1024).await, Err(FrameError::InvalidLength(3))));
+        assert!(matches!(
+            frames(&[b'Q', 0xff, 0xff, 0xff, 0xff], 1024).await,
+            Err(FrameError::InvalidLength(-1))
+        ));
+        assert!(matches!(
+            frames(&[b'Q', 0, 0, 0, 3], 1024).await,
+            Err(FrameError::InvalidLength(3))
+        ));
     }
 
     #[tokio::test]
     async fn truncated_message_is_an_error() {
-        assert!(matches!(frames(&[b'Q', 0, 0, 0, 9, b'x'], 1024).await, Err(FrameError::Truncated)));
-        assert!(matches!(frames(&[b'Q', 0, 0], 1024).await, Err(FrameError::Truncated)));
+        assert!(matches!(
+            frames(&[b'Q', 0, 0, 0, 9, b'x'], 1024).await,
+            Err(FrameError::Truncated)
+        ));
+        assert!(matches!(
+            frames(&[b'Q', 0, 0], 1024).await,
+            Err(FrameError::Truncated)
+        ));
     }
 }

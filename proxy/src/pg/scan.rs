@@ -71,11 +71,19 @@ impl BackendScanner {
             let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
             let len = match usize::try_from(len) {
                 Ok(l) if l >= 4 => l,
-                _ => return Err(ScanError { tag, len: i64::from(len) }),
+                _ => {
+                    return Err(ScanError {
+                        tag,
+                        len: i64::from(len),
+                    });
+                }
             };
             if inspected(tag) {
                 if len > MAX_INSPECTED {
-                    return Err(ScanError { tag, len: len as i64 });
+                    return Err(ScanError {
+                        tag,
+                        len: len as i64,
+                    });
                 }
                 if available < len + 1 {
                     break;
@@ -164,7 +172,11 @@ mod tests {
         let mut buf = BytesMut::from(&[b'D', 0, 0, 0, 2][..]);
         assert!(scanner.scan(&mut buf, &mut Vec::new()).is_err());
         let mut buf = BytesMut::from(&[b'E', 0x7f, 0, 0, 0][..]);
-        assert!(BackendScanner::default().scan(&mut buf, &mut Vec::new()).is_err());
+        assert!(
+            BackendScanner::default()
+                .scan(&mut buf, &mut Vec::new())
+                .is_err()
+        );
     }
 
     #[test]
@@ -191,7 +203,11 @@ mod tests {
                         Piece::Message { raw, .. } => raw.len(),
                     };
                 }
-                assert_eq!(seen + buf.len(), fed, "bytes are forwarded or kept, never lost");
+                assert_eq!(
+                    seen + buf.len(),
+                    fed,
+                    "bytes are forwarded or kept, never lost"
+                );
             }
         }
     }

@@ -73,7 +73,9 @@ pub enum StartupError {
 }
 
 /// Reads and decodes the first packet.
-pub async fn read_first_packet<R: AsyncRead + Unpin>(reader: &mut R) -> Result<FirstPacket, StartupError> {
+pub async fn read_first_packet<R: AsyncRead + Unpin>(
+    reader: &mut R,
+) -> Result<FirstPacket, StartupError> {
     let mut len_bytes = [0u8; 4];
     read_exact(reader, &mut len_bytes).await?;
     let len = i32::from_be_bytes(len_bytes);
@@ -88,7 +90,10 @@ pub async fn read_first_packet<R: AsyncRead + Unpin>(reader: &mut R) -> Result<F
     decode_first_packet(packet)
 }
 
-async fn read_exact<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut [u8]) -> Result<(), StartupError> {
+async fn read_exact<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut [u8],
+) -> Result<(), StartupError> {
     match reader.read_exact(buf).await {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(StartupError::Closed),
@@ -107,7 +112,9 @@ pub fn decode_first_packet(mut packet: BytesMut) -> Result<FirstPacket, StartupE
             let secret = i32::from_be_bytes([packet[12], packet[13], packet[14], packet[15]]);
             return Ok(FirstPacket::Cancel { pid, secret });
         }
-        SSL_REQUEST_CODE | GSSENC_REQUEST_CODE | CANCEL_REQUEST_CODE => return Err(StartupError::Malformed),
+        SSL_REQUEST_CODE | GSSENC_REQUEST_CODE | CANCEL_REQUEST_CODE => {
+            return Err(StartupError::Malformed);
+        }
         _ => {}
     }
     let major = (code >> 16) as u16;
@@ -164,11 +171,20 @@ mod tests {
 
     #[tokio::test]
     async fn decodes_each_kind() {
-        assert_eq!(first(&[0, 0, 0, 8, 4, 210, 22, 47]).await.expect("ssl"), FirstPacket::SslRequest);
-        assert_eq!(first(&[0, 0, 0, 8, 4, 210, 22, 48]).await.expect("gss"), FirstPacket::GssEncRequest);
+        assert_eq!(
+            first(&[0, 0, 0, 8, 4, 210, 22, 47]).await.expect("ssl"),
+            FirstPacket::SslRequest
+        );
+        assert_eq!(
+            first(&[0, 0, 0, 8, 4, 210, 22, 48]).await.expect("gss"),
+            FirstPacket::GssEncRequest
+        );
         let mut cancel = BytesMut::new();
         encode_cancel(7, -9, &mut cancel);
-        assert_eq!(first(&cancel).await.expect("cancel"), FirstPacket::Cancel { pid: 7, secret: -9 });
+        assert_eq!(
+            first(&cancel).await.expect("cancel"),
+            FirstPacket::Cancel { pid: 7, secret: -9 }
+        );
         let mut params = BTreeMap::new();
         params.insert("user".to_owned(), "alice".to_owned());
         params.insert("database".to_owned(), "db".to_owned());
@@ -185,12 +201,30 @@ mod tests {
 
     #[tokio::test]
     async fn refuses_garbage() {
-        assert!(matches!(first(b"GET / HTTP/1.1\r\n\r\n").await, Err(StartupError::InvalidLength(_))));
-        assert!(matches!(first(&[0, 0, 0, 4]).await, Err(StartupError::InvalidLength(4))));
-        assert!(matches!(first(&[0, 0, 0, 9, 0, 2, 0, 0, 0]).await, Err(StartupError::UnsupportedProtocol { major: 2, .. })));
-        assert!(matches!(first(&[0, 0, 0, 10, 0, 3, 0, 0, b'u', b'x']).await, Err(StartupError::Malformed)));
-        assert!(matches!(first(&[0, 0, 0, 12, 4, 210, 22, 47, 0, 0, 0, 0]).await, Err(StartupError::Malformed)));
-        assert!(matches!(first(&[0, 0, 0, 20, 0, 3]).await, Err(StartupError::Closed)));
+        assert!(matches!(
+            first(b"GET / HTTP/1.1\r\n\r\n").await,
+            Err(StartupError::InvalidLength(_))
+        ));
+        assert!(matches!(
+            first(&[0, 0, 0, 4]).await,
+            Err(StartupError::InvalidLength(4))
+        ));
+        assert!(matches!(
+            first(&[0, 0, 0, 9, 0, 2, 0, 0, 0]).await,
+            Err(StartupError::UnsupportedProtocol { major: 2, .. })
+        ));
+        assert!(matches!(
+            first(&[0, 0, 0, 10, 0, 3, 0, 0, b'u', b'x']).await,
+            Err(StartupError::Malformed)
+        ));
+        assert!(matches!(
+            first(&[0, 0, 0, 12, 4, 210, 22, 47, 0, 0, 0, 0]).await,
+            Err(StartupError::Malformed)
+        ));
+        assert!(matches!(
+            first(&[0, 0, 0, 20, 0, 3]).await,
+            Err(StartupError::Closed)
+        ));
     }
 
     #[tokio::test]

@@ -69,7 +69,12 @@ fn client_info(ctx: &SessionContext<'_>) -> ClientInfo {
 }
 
 /// A login attempt's event.
-pub fn login_event(ctx: &SessionContext<'_>, user: &str, success: bool, reason: Option<&str>) -> AuditEvent {
+pub fn login_event(
+    ctx: &SessionContext<'_>,
+    user: &str,
+    success: bool,
+    reason: Option<&str>,
+) -> AuditEvent {
     let mut event = AuditEvent::login(ctx.session_id, user, success).with_client(client_info(ctx));
     if let Some(db) = ctx.database {
         event = event.with_database(db);

@@ -17,8 +17,8 @@ use super::handshake::TlsInfo;
 use crate::auth::scram::{ScramError, ScramServer, try_tls_server_end_point};
 use crate::metrics::Kind;
 use crate::pg::error::sqlstate;
-use crate::pg::startup::StartupParams;
 use crate::pg::messages::sasl;
+use crate::pg::startup::StartupParams;
 use crate::pg::{Framer, PgError, RawMessage};
 use crate::server::Shared;
 use crate::stream::Stream;
@@ -67,13 +67,20 @@ pub async fn authenticate(
                 database: params.params.get("database").map(String::as_str),
                 application_name: params.params.get("application_name").map(String::as_str),
             };
-            if auditor.emit(super::audit::login_event(&ctx, &user, false, Some(reason))).is_err() {
+            if auditor
+                .emit(super::audit::login_event(&ctx, &user, false, Some(reason)))
+                .is_err()
+            {
                 warn!("audit queue unavailable; the loss is counted");
             }
         }
     };
     let failed = |reason: &'static str, detail: String| {
-        shared.metrics.auth_failures.get_or_create(&Kind { kind: reason }).inc();
+        shared
+            .metrics
+            .auth_failures
+            .get_or_create(&Kind { kind: reason })
+            .inc();
         warn!(%user, %peer, reason, detail = %detail, "authentication failed");
         audit_failure(reason);
         SessionError::Client(PgError::fatal(
@@ -83,10 +90,18 @@ pub async fn authenticate(
     };
     let scram_failed = |e: ScramError| {
         if e.sqlstate() == sqlstate::INVALID_PASSWORD {
-            let reason = if record.is_none() { "unknown_user" } else { "wrong_password" };
+            let reason = if record.is_none() {
+                "unknown_user"
+            } else {
+                "wrong_password"
+            };
             failed(reason, e.to_string())
         } else {
-            shared.metrics.auth_failures.get_or_create(&Kind { kind: "protocol" }).inc();
+            shared
+                .metrics
+                .auth_failures
+                .get_or_create(&Kind { kind: "protocol" })
+                .inc();
             warn!(%user, %peer, error = %e, "SASL exchange failed");
             SessionError::Client(PgError::fatal(e.sqlstate(), format!("portcullis: {e}")))
         }
@@ -94,20 +109,36 @@ pub async fn authenticate(
 
     negotiate_protocol(client, params).await?;
     let mut framer = Framer::new(MAX_SASL_MESSAGE);
-    send(client, Authentication::SASL(scram.mechanisms().iter().map(|m| (*m).to_owned()).collect())).await?;
+    send(
+        client,
+        Authentication::SASL(scram.mechanisms().iter().map(|m| (*m).to_owned()).collect()),
+    )
+    .await?;
 
     let initial_msg = read_password_message(client, &mut framer).await?;
     let initial = sasl::decode_initial(initial_msg.body())?;
-    let server_first = scram.client_first(initial.mechanism, initial.data).map_err(scram_failed)?;
-    send(client, Authentication::SASLContinue(Bytes::from(server_first))).await?;
+    let server_first = scram
+        .client_first(initial.mechanism, initial.data)
+        .map_err(scram_failed)?;
+    send(
+        client,
+        Authentication::SASLContinue(Bytes::from(server_first)),
+    )
+    .await?;
 
     let response = read_password_message(client, &mut framer).await?;
-    let server_final = scram.client_final(sasl::decode_response(response.body())).map_err(scram_failed)?;
+    let server_final = scram
+        .client_final(sasl::decode_response(response.body()))
+        .map_err(scram_failed)?;
 
     // The password was right; only now may the client learn about the account's state.
     let record = record.ok_or_else(|| failed("unknown_user", "no record".into()))?;
     if record.is_expired(OffsetDateTime::now_utc()) {
-        shared.metrics.auth_failures.get_or_create(&Kind { kind: "expired" }).inc();
+        shared
+            .metrics
+            .auth_failures
+            .get_or_create(&Kind { kind: "expired" })
+            .inc();
         warn!(%user, %peer, "login refused: account expired");
         audit_failure("expired");
         return Err(SessionError::Client(PgError::fatal(
@@ -116,7 +147,10 @@ pub async fn authenticate(
         )));
     }
     let mut out = BytesMut::new();
-    encode(&Authentication::SASLFinal(Bytes::from(server_final)), &mut out)?;
+    encode(
+        &Authentication::SASLFinal(Bytes::from(server_final)),
+        &mut out,
+    )?;
     encode(&Authentication::Ok, &mut out)?;
     client.write_all(&out).await?;
 
@@ -140,8 +174,16 @@ pub async fn authenticate(
 
 /// A client asking for protocol 3.x with x > 0, or for `_pq_.` extensions, is told
 /// that the proxy speaks 3.0 without extensions, as PostgreSQL 15 answers.
-async fn negotiate_protocol(client: &mut Stream, params: &StartupParams) -> Result<(), SessionError> {
-    let unsupported: Vec<String> = params.params.keys().filter(|k| k.starts_with("_pq_.")).cloned().collect();
+async fn negotiate_protocol(
+    client: &mut Stream,
+    params: &StartupParams,
+) -> Result<(), SessionError> {
+    let unsupported: Vec<String> = params
+        .params
+        .keys()
+        .filter(|k| k.starts_with("_pq_."))
+        .cloned()
+        .collect();
     if params.minor == 0 && unsupported.is_empty() {
         return Ok(());
     }
@@ -149,7 +191,9 @@ async fn negotiate_protocol(client: &mut Stream, params: &StartupParams) -> Resu
     // PostgreSQL sends the full version number (3 << 16 | 0), which every libpq accepts.
     NegotiateProtocolVersion::new(196_608, unsupported)
         .encode(&mut out)
-        .map_err(|e| SessionError::Silent(format!("could not encode NegotiateProtocolVersion: {e}")))?;
+        .map_err(|e| {
+            SessionError::Silent(format!("could not encode NegotiateProtocolVersion: {e}"))
+        })?;
     client.write_all(&out).await?;
     Ok(())
 }
@@ -171,7 +215,10 @@ async fn send(client: &mut Stream, auth: Authentication) -> Result<(), SessionEr
     Ok(())
 }
 
-async fn read_password_message(client: &mut Stream, framer: &mut Framer) -> Result<RawMessage, SessionError> {
+async fn read_password_message(
+    client: &mut Stream,
+    framer: &mut Framer,
+) -> Result<RawMessage, SessionError> {
     let msg = framer
         .next(client)
         .await?

@@ -8,9 +8,11 @@ use tokio::net::TcpStream;
 use tracing::{debug, info};
 
 use super::SessionError;
-use crate::pg::error::sqlstate;
-use crate::pg::startup::{FirstPacket, StartupError, StartupParams, TLS_HANDSHAKE_RECORD, read_first_packet};
 use crate::pg::PgError;
+use crate::pg::error::sqlstate;
+use crate::pg::startup::{
+    FirstPacket, StartupError, StartupParams, TLS_HANDSHAKE_RECORD, read_first_packet,
+};
 use crate::server::Shared;
 use crate::stream::Stream;
 use crate::tls::{ALPN_POSTGRESQL, certificate_subject};
@@ -42,12 +44,18 @@ type Failed = (Option<Stream>, SessionError);
 
 fn startup_error(e: StartupError) -> SessionError {
     match e {
-        StartupError::Closed => SessionError::Silent("client closed the connection during startup".into()),
-        StartupError::Io(e) => SessionError::Silent(e.to_string()),
-        e @ StartupError::UnsupportedProtocol { .. } => {
-            SessionError::Client(PgError::fatal(sqlstate::FEATURE_NOT_SUPPORTED, e.to_string()))
+        StartupError::Closed => {
+            SessionError::Silent("client closed the connection during startup".into())
         }
-        other => SessionError::Client(PgError::fatal(sqlstate::PROTOCOL_VIOLATION, other.to_string())),
+        StartupError::Io(e) => SessionError::Silent(e.to_string()),
+        e @ StartupError::UnsupportedProtocol { .. } => SessionError::Client(PgError::fatal(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            e.to_string(),
+        )),
+        other => SessionError::Client(PgError::fatal(
+            sqlstate::PROTOCOL_VIOLATION,
+            other.to_string(),
+        )),
     }
 }
 
@@ -56,7 +64,12 @@ fn startup_error(e: StartupError) -> SessionError {
 pub async fn negotiate(shared: &Shared, tcp: TcpStream) -> Result<Option<Negotiated>, Failed> {
     let mut first_byte = [0u8; 1];
     match tcp.peek(&mut first_byte).await {
-        Ok(0) => return Err((None, SessionError::Silent("client closed before sending anything".into()))),
+        Ok(0) => {
+            return Err((
+                None,
+                SessionError::Silent("client closed before sending anything".into()),
+            ));
+        }
         Ok(_) => {}
         Err(e) => return Err((None, e.into())),
     }
@@ -72,7 +85,9 @@ pub async fn negotiate(shared: &Shared, tcp: TcpStream) -> Result<Option<Negotia
         let packet = match read_first_packet(&mut plain).await {
             Ok(packet) => packet,
             // Not a PostgreSQL client (or gone): PostgreSQL answers nothing either.
-            Err(e @ (StartupError::InvalidLength(_) | StartupError::Closed | StartupError::Io(_))) => {
+            Err(
+                e @ (StartupError::InvalidLength(_) | StartupError::Closed | StartupError::Io(_)),
+            ) => {
                 return Err((None, startup_error(e)));
             }
             Err(e) => return Err((Some(plain), startup_error(e))),
@@ -80,7 +95,10 @@ pub async fn negotiate(shared: &Shared, tcp: TcpStream) -> Result<Option<Negotia
         match packet {
             FirstPacket::SslRequest => {
                 let Stream::Plain(mut tcp) = plain else {
-                    return Err((None, SessionError::Silent("unreachable stream state".into())));
+                    return Err((
+                        None,
+                        SessionError::Silent("unreachable stream state".into()),
+                    ));
                 };
                 if shared.tls.is_none() {
                     tcp.write_all(b"N").await.map_err(|e| (None, e.into()))?;
@@ -88,7 +106,9 @@ pub async fn negotiate(shared: &Shared, tcp: TcpStream) -> Result<Option<Negotia
                     continue;
                 }
                 tcp.write_all(b"S").await.map_err(|e| (None, e.into()))?;
-                let (stream, info) = accept_tls(shared, tcp, false).await.map_err(|e| (None, e))?;
+                let (stream, info) = accept_tls(shared, tcp, false)
+                    .await
+                    .map_err(|e| (None, e))?;
                 return after_tls(shared, stream, info).await;
             }
             FirstPacket::GssEncRequest if !gss_declined => {
@@ -122,7 +142,11 @@ pub async fn negotiate(shared: &Shared, tcp: TcpStream) -> Result<Option<Negotia
 }
 
 /// After TLS, the client sends its StartupMessage (or a CancelRequest) encrypted.
-async fn after_tls(shared: &Shared, mut stream: Stream, info: TlsInfo) -> Result<Option<Negotiated>, Failed> {
+async fn after_tls(
+    shared: &Shared,
+    mut stream: Stream,
+    info: TlsInfo,
+) -> Result<Option<Negotiated>, Failed> {
     match read_first_packet(&mut stream).await {
         Ok(FirstPacket::Startup(params)) => Ok(Some(Negotiated {
             client: stream,
@@ -134,34 +158,54 @@ async fn after_tls(shared: &Shared, mut stream: Stream, info: TlsInfo) -> Result
             Ok(None)
         }
         Ok(FirstPacket::SslRequest | FirstPacket::GssEncRequest) => {
-            let e = PgError::fatal(sqlstate::PROTOCOL_VIOLATION, "encryption request inside TLS");
+            let e = PgError::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                "encryption request inside TLS",
+            );
             Err((Some(stream), SessionError::Client(e)))
         }
         Err(e) => Err((Some(stream), startup_error(e))),
     }
 }
 
-async fn accept_tls(shared: &Shared, tcp: TcpStream, direct: bool) -> Result<(Stream, TlsInfo), SessionError> {
+async fn accept_tls(
+    shared: &Shared,
+    tcp: TcpStream,
+    direct: bool,
+) -> Result<(Stream, TlsInfo), SessionError> {
     let Some(tls) = &shared.tls else {
-        return Err(SessionError::Silent("direct TLS attempted but TLS is not configured".into()));
+        return Err(SessionError::Silent(
+            "direct TLS attempted but TLS is not configured".into(),
+        ));
     };
     let state = tls.current();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&state.config));
     let stream = match acceptor.accept(tcp).await {
         Ok(s) => s,
         Err(e) => {
-            shared.metrics.connections.get_or_create(&crate::metrics::Outcome { outcome: "tls_failed" }).inc();
+            shared
+                .metrics
+                .connections
+                .get_or_create(&crate::metrics::Outcome {
+                    outcome: "tls_failed",
+                })
+                .inc();
             info!(error = %e, "TLS handshake failed");
             return Err(SessionError::Silent(format!("TLS handshake failed: {e}")));
         }
     };
     let conn = stream.get_ref().1;
     if direct && conn.alpn_protocol() != Some(ALPN_POSTGRESQL) {
-        return Err(SessionError::Silent("direct TLS without ALPN \"postgresql\"".into()));
+        return Err(SessionError::Silent(
+            "direct TLS without ALPN \"postgresql\"".into(),
+        ));
     }
     let info = TlsInfo {
         server_cert: Arc::clone(&state.cert_der),
-        version: conn.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default(),
+        version: conn
+            .protocol_version()
+            .map(|v| format!("{v:?}"))
+            .unwrap_or_default(),
         cipher: conn
             .negotiated_cipher_suite()
             .map(|c| format!("{:?}", c.suite()))

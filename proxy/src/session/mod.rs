@@ -48,10 +48,9 @@ impl From<FrameError> for SessionError {
         match e {
             FrameError::Io(e) => Self::Silent(e.to_string()),
             FrameError::Truncated => Self::Silent(e.to_string()),
-            FrameError::TooLarge { .. } | FrameError::InvalidLength(_) => Self::Client(PgError::fatal(
-                sqlstate::PROTOCOL_VIOLATION,
-                format!("portcullis: {e}"),
-            )),
+            FrameError::TooLarge { .. } | FrameError::InvalidLength(_) => Self::Client(
+                PgError::fatal(sqlstate::PROTOCOL_VIOLATION, format!("portcullis: {e}")),
+            ),
         }
     }
 }
@@ -60,7 +59,10 @@ impl From<FrameError> for SessionError {
 /// statement's text is answered earlier, with ERROR 22021, by the relay).
 impl From<DecodeError> for SessionError {
     fn from(e: DecodeError) -> Self {
-        Self::Client(PgError::fatal(sqlstate::PROTOCOL_VIOLATION, format!("portcullis: {e}")))
+        Self::Client(PgError::fatal(
+            sqlstate::PROTOCOL_VIOLATION,
+            format!("portcullis: {e}"),
+        ))
     }
 }
 
@@ -97,13 +99,18 @@ async fn establish_and_relay(
     peer: SocketAddr,
 ) -> (Option<Stream>, Result<(), SessionError>) {
     let startup_timeout = Duration::from_secs(shared.limits.startup_timeout_secs);
-    let negotiated = match tokio::time::timeout(startup_timeout, handshake::negotiate(shared, tcp)).await {
-        Ok(Ok(Some(n))) => n,
-        Ok(Ok(None)) => return (None, Ok(())), // a CancelRequest, handled
-        Ok(Err((client, e))) => return (client, Err(e)),
-        Err(_) => return (None, Err(SessionError::Silent("startup timed out".into()))),
-    };
-    let handshake::Negotiated { mut client, params, tls } = negotiated;
+    let negotiated =
+        match tokio::time::timeout(startup_timeout, handshake::negotiate(shared, tcp)).await {
+            Ok(Ok(Some(n))) => n,
+            Ok(Ok(None)) => return (None, Ok(())), // a CancelRequest, handled
+            Ok(Err((client, e))) => return (client, Err(e)),
+            Err(_) => return (None, Err(SessionError::Silent("startup timed out".into()))),
+        };
+    let handshake::Negotiated {
+        mut client,
+        params,
+        tls,
+    } = negotiated;
 
     let authenticated = tokio::time::timeout(
         startup_timeout,
@@ -114,7 +121,10 @@ async fn establish_and_relay(
         Ok(Ok(identity)) => identity,
         Ok(Err(e)) => return (Some(client), Err(e)),
         Err(_) => {
-            let e = PgError::fatal(sqlstate::PROTOCOL_VIOLATION, "portcullis: authentication timed out");
+            let e = PgError::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                "portcullis: authentication timed out",
+            );
             return (Some(client), Err(SessionError::Client(e)));
         }
     };
@@ -147,10 +157,23 @@ async fn establish_and_relay(
     };
     let mut session_audit = shared.audit.clone().map(|auditor| {
         let audit = audit::SessionAudit::new(auditor, &ctx, &identity.identity);
-        audit.emit(audit::login_event(&ctx, &identity.identity.user, true, None));
+        audit.emit(audit::login_event(
+            &ctx,
+            &identity.identity.user,
+            true,
+            None,
+        ));
         audit
     });
-    let result = relay::relay(shared, &mut client, upstream, &identity, &cancel_target, session_audit.as_mut()).await;
+    let result = relay::relay(
+        shared,
+        &mut client,
+        upstream,
+        &identity,
+        &cancel_target,
+        session_audit.as_mut(),
+    )
+    .await;
     if let Some(audit) = &session_audit {
         audit.emit(audit.end_event());
     }

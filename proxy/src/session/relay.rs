@@ -26,18 +26,18 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{info, warn};
 
 use super::SessionError;
-use super::auth::Authenticated;
-use crate::pg::error::sqlstate;
-use crate::pg::scan::{BackendScanner, Piece};
-use crate::pg::error::field;
-use portcullis_audit::event::{AuditEvent, DecisionInfo, Outcome};
-use portcullis_audit::pipeline::Auditor;
 use super::audit::{SessionAudit, StatementAudit};
+use super::auth::Authenticated;
+use crate::pg::error::field;
+use crate::pg::error::sqlstate;
 use crate::pg::messages::{self, DecodeError};
+use crate::pg::scan::{BackendScanner, Piece};
 use crate::pg::{Framer, PgError, RawMessage};
 use crate::server::Shared;
 use crate::stream::Stream;
 use crate::upstream::{CancelTarget, Upstream};
+use portcullis_audit::event::{AuditEvent, DecisionInfo, Outcome};
+use portcullis_audit::pipeline::Auditor;
 
 /// Denials waiting for their poison error; a client that pipelines more than this
 /// many denied statements without reading is cut off.
@@ -119,7 +119,11 @@ pub async fn relay(
     cancel: &CancelTarget,
     audit: Option<&mut SessionAudit>,
 ) -> Result<(), SessionError> {
-    let Upstream { stream: upstream_stream, leftover, .. } = upstream;
+    let Upstream {
+        stream: upstream_stream,
+        leftover,
+        ..
+    } = upstream;
     let marker = format!("portcullis_denied_{:016x}", rand::rng().random::<u64>());
     let state = Mutex::new(Inflight {
         status: b'I',
@@ -179,7 +183,10 @@ pub async fn relay(
     match end {
         Ok(End::ClientDone | End::ClientGone) => Ok(()),
         Ok(End::Drained) => {
-            let e = PgError::fatal(sqlstate::ADMIN_SHUTDOWN, "terminating connection due to administrator command");
+            let e = PgError::fatal(
+                sqlstate::ADMIN_SHUTDOWN,
+                "terminating connection due to administrator command",
+            );
             let _ = tokio::time::timeout(GOODBYE_TIMEOUT, client.write_all(&e.to_bytes())).await;
             Ok(())
         }
@@ -224,7 +231,9 @@ impl Frontend<'_> {
                     continue;
                 }
             };
-            let Some(msg) = next else { return Ok(End::ClientGone) };
+            let Some(msg) = next else {
+                return Ok(End::ClientGone);
+            };
             if self.handle(msg)? {
                 upstream.write_all(&self.out).await?;
                 return Ok(End::ClientDone);
@@ -263,7 +272,10 @@ impl Frontend<'_> {
                     Err(e @ DecodeError::Malformed(_)) => return Err(e.into()),
                     Err(e @ DecodeError::InvalidUtf8(_)) => {
                         self.shared.metrics.statement("invalid_encoding");
-                        self.deny_query(PgError::error(sqlstate::CHARACTER_NOT_IN_REPERTOIRE, e.to_string()))?;
+                        self.deny_query(PgError::error(
+                            sqlstate::CHARACTER_NOT_IN_REPERTOIRE,
+                            e.to_string(),
+                        ))?;
                     }
                 }
                 self.end_batch();
@@ -281,16 +293,24 @@ impl Frontend<'_> {
                             Err(denial) => {
                                 let poison = messages::parse::Parse { query: "", ..parse };
                                 let marker = self.marker;
-                                self.deny(denial, |out| messages::parse::encode(&poison, marker, out))?;
+                                self.deny(denial, |out| {
+                                    messages::parse::encode(&poison, marker, out)
+                                })?;
                             }
                         }
                     }
                     Err(e @ DecodeError::Malformed(_)) => return Err(e.into()),
                     Err(e @ DecodeError::InvalidUtf8(_)) => {
                         self.shared.metrics.statement("invalid_encoding");
-                        let poison = messages::parse::Parse { name: "", query: "", type_oids: &[], type_count: 0 };
+                        let poison = messages::parse::Parse {
+                            name: "",
+                            query: "",
+                            type_oids: &[],
+                            type_count: 0,
+                        };
                         let marker = self.marker;
-                        let denial = PgError::error(sqlstate::CHARACTER_NOT_IN_REPERTOIRE, e.to_string());
+                        let denial =
+                            PgError::error(sqlstate::CHARACTER_NOT_IN_REPERTOIRE, e.to_string());
                         self.deny(denial, |out| messages::parse::encode(&poison, marker, out))?;
                     }
                 }
@@ -353,14 +373,26 @@ impl Frontend<'_> {
             }
         }
         match self.shared.engine.check(&policy, self.identity, sql) {
-            Decision::Allow { sql: forward, passthrough, classes } => {
-                self.shared.metrics.statement(if passthrough { "passthrough" } else { "allowed" });
+            Decision::Allow {
+                sql: forward,
+                passthrough,
+                classes,
+            } => {
+                self.shared.metrics.statement(if passthrough {
+                    "passthrough"
+                } else {
+                    "allowed"
+                });
                 if *forward != *sql {
                     self.state.lock().open_rewritten = true;
                 }
                 let stmt = auditing.then(|| {
                     let decision = DecisionInfo::new(Outcome::Allowed)
-                        .with_rule(if passthrough { "unparsed_passthrough" } else { "allow" })
+                        .with_rule(if passthrough {
+                            "unparsed_passthrough"
+                        } else {
+                            "allow"
+                        })
                         .with_policy_version(policy.version());
                     let classes: Vec<&str> = classes.iter().map(|c| c.as_str()).collect();
                     SessionAudit::describe(sql, decision, &classes)
@@ -394,7 +426,9 @@ impl Frontend<'_> {
 
     /// Tracks Bind (portal -> statement) and opens an event per Execute.
     fn audit_extended(&mut self, tag: u8, body: &[u8]) -> Result<(), SessionError> {
-        let Some(audit) = self.audit.as_deref_mut() else { return Ok(()) };
+        let Some(audit) = self.audit.as_deref_mut() else {
+            return Ok(());
+        };
         match tag {
             b'B' => {
                 let (portal, statement) = messages::bind::names(body)?;
@@ -416,7 +450,11 @@ impl Frontend<'_> {
         self.deny(denial, |out| messages::query::encode(marker, out))
     }
 
-    fn deny(&mut self, denial: PgError, poison: impl FnOnce(&mut BytesMut)) -> Result<(), SessionError> {
+    fn deny(
+        &mut self,
+        denial: PgError,
+        poison: impl FnOnce(&mut BytesMut),
+    ) -> Result<(), SessionError> {
         let mut st = self.state.lock();
         if st.denials.len() >= MAX_PENDING_DENIALS {
             return Err(SessionError::Client(PgError::fatal(
@@ -451,7 +489,11 @@ impl Frontend<'_> {
         let events = std::mem::take(&mut st.open_events);
         st.open_next = 0;
         if st.ended.len() < MAX_TRACKED_BATCHES {
-            st.ended.push_back(BatchInfo { started, events, rewritten });
+            st.ended.push_back(BatchInfo {
+                started,
+                events,
+                rewritten,
+            });
         } else if let Some(audit) = &self.audit {
             // Untracked batch: its events go out now, without results, rather than never.
             for event in events {
@@ -488,10 +530,15 @@ impl Backend<'_> {
                 }
             }
             skip_read = false;
-            self.scanner.scan(&mut self.buf, &mut self.pieces).map_err(|e| {
-                self.shared.metrics.upstream_error("protocol");
-                SessionError::Client(PgError::fatal(sqlstate::CONNECTION_FAILURE, format!("portcullis: {e}")))
-            })?;
+            self.scanner
+                .scan(&mut self.buf, &mut self.pieces)
+                .map_err(|e| {
+                    self.shared.metrics.upstream_error("protocol");
+                    SessionError::Client(PgError::fatal(
+                        sqlstate::CONNECTION_FAILURE,
+                        format!("portcullis: {e}"),
+                    ))
+                })?;
             let mut drained = false;
             let mut pieces = std::mem::take(&mut self.pieces);
             for piece in pieces.drain(..) {
@@ -543,15 +590,19 @@ impl Backend<'_> {
                         st.status = status;
                         if let Some(batch) = st.ended.pop_front() {
                             let elapsed = batch.started.elapsed();
-                            self.shared.metrics.statement_duration.observe(elapsed.as_secs_f64());
+                            self.shared
+                                .metrics
+                                .statement_duration
+                                .observe(elapsed.as_secs_f64());
                             if let Some(auditor) = &self.auditor {
                                 let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
                                 for mut event in batch.events {
                                     event.duration_us = Some(micros);
                                     if let Some(statement) = &event.statement {
-                                        self.shared
-                                            .metrics
-                                            .observe_fingerprint(&statement.fingerprint, elapsed.as_secs_f64());
+                                        self.shared.metrics.observe_fingerprint(
+                                            &statement.fingerprint,
+                                            elapsed.as_secs_f64(),
+                                        );
                                     }
                                     if auditor.emit(event).is_err() {
                                         warn!("audit queue unavailable; the loss is counted");
@@ -589,7 +640,10 @@ impl Backend<'_> {
         let st = &mut *st;
         let (events, next) = match st.ended.front_mut() {
             Some(batch) => {
-                let done = batch.events.iter().position(|e| e.rows.is_none() && e.sqlstate.is_none());
+                let done = batch
+                    .events
+                    .iter()
+                    .position(|e| e.rows.is_none() && e.sqlstate.is_none());
                 (&mut batch.events, done)
             }
             None => {
@@ -597,7 +651,9 @@ impl Backend<'_> {
                 (&mut st.open_events, Some(i))
             }
         };
-        let Some(last) = events.len().checked_sub(1) else { return };
+        let Some(last) = events.len().checked_sub(1) else {
+            return;
+        };
         let index = next.unwrap_or(last).min(last);
         f(&mut events[index]);
         if advance && st.ended.is_empty() {
@@ -640,8 +696,11 @@ impl Backend<'_> {
     /// by the pids the proxy handed out, so translate it (libpq's documented way to
     /// recognise one's own notifications compares it with `PQbackendPID`).
     fn translate_notification_pid(&self, raw: &mut BytesMut) {
-        let Some(pid_bytes) = raw.get(5..9) else { return };
-        let upstream_pid = i32::from_be_bytes([pid_bytes[0], pid_bytes[1], pid_bytes[2], pid_bytes[3]]);
+        let Some(pid_bytes) = raw.get(5..9) else {
+            return;
+        };
+        let upstream_pid =
+            i32::from_be_bytes([pid_bytes[0], pid_bytes[1], pid_bytes[2], pid_bytes[3]]);
         if let Some(proxy_pid) = self.shared.cancels.proxy_pid(upstream_pid) {
             raw[5..9].copy_from_slice(&proxy_pid.to_be_bytes());
         }
@@ -695,4 +754,3 @@ fn without_field(raw: &[u8], code: u8) -> BytesMut {
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
-

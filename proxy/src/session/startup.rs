@@ -66,7 +66,9 @@ fn check_lexical_setting(name: &str, value: &str) -> Result<(), SessionError> {
     } else {
         Err(SessionError::Client(PgError::fatal(
             sqlstate::FEATURE_NOT_SUPPORTED,
-            format!("portcullis: {name} = {value} is not supported; the proxy requires UTF8 and standard_conforming_strings = on"),
+            format!(
+                "portcullis: {name} = {value} is not supported; the proxy requires UTF8 and standard_conforming_strings = on"
+            ),
         )))
     }
 }
@@ -171,7 +173,10 @@ pub fn greeting(upstream: &Upstream, registration: &Registration<'_>, out: &mut 
     out.put_i32(12);
     out.put_i32(registration.pid);
     out.put_i32(registration.secret);
-    if ReadyForQuery::new(TransactionStatus::Idle).encode(out).is_err() {
+    if ReadyForQuery::new(TransactionStatus::Idle)
+        .encode(out)
+        .is_err()
+    {
         tracing::error!("could not encode ReadyForQuery");
     }
 }
@@ -184,7 +189,10 @@ mod tests {
         StartupParams {
             major: 3,
             minor: 0,
-            params: pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            params: pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         }
     }
 

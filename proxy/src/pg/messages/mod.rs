@@ -40,20 +40,30 @@ impl<'a> Reader<'a> {
 
     /// A NUL-terminated UTF-8 string.
     pub(crate) fn cstr(&mut self) -> Result<&'a str, DecodeError> {
-        let end = self.rest.iter().position(|&b| b == 0).ok_or_else(|| self.malformed())?;
+        let end = self
+            .rest
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or_else(|| self.malformed())?;
         let (s, tail) = self.rest.split_at(end);
         self.rest = tail.get(1..).unwrap_or_default();
         std::str::from_utf8(s).map_err(|_| DecodeError::InvalidUtf8(self.what))
     }
 
     pub(crate) fn i16(&mut self) -> Result<i16, DecodeError> {
-        let (head, tail) = self.rest.split_first_chunk::<2>().ok_or_else(|| self.malformed())?;
+        let (head, tail) = self
+            .rest
+            .split_first_chunk::<2>()
+            .ok_or_else(|| self.malformed())?;
         self.rest = tail;
         Ok(i16::from_be_bytes(*head))
     }
 
     pub(crate) fn i32(&mut self) -> Result<i32, DecodeError> {
-        let (head, tail) = self.rest.split_first_chunk::<4>().ok_or_else(|| self.malformed())?;
+        let (head, tail) = self
+            .rest
+            .split_first_chunk::<4>()
+            .ok_or_else(|| self.malformed())?;
         self.rest = tail;
         Ok(i32::from_be_bytes(*head))
     }
@@ -75,6 +85,10 @@ impl<'a> Reader<'a> {
 
     /// Fails unless the body has been consumed completely.
     pub(crate) fn finish(&self) -> Result<(), DecodeError> {
-        if self.rest.is_empty() { Ok(()) } else { Err(self.malformed()) }
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(self.malformed())
+        }
     }
 }

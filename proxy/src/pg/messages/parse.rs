@@ -59,7 +59,10 @@ mod tests {
         let mut out = BytesMut::new();
         encode(&p, "SELECT $1", &mut out);
         assert_eq!(&out[5..], &body[..]);
-        assert_eq!(out.len(), 1 + i32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize);
+        assert_eq!(
+            out.len(),
+            1 + i32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize
+        );
     }
 
     #[test]
@@ -69,7 +72,10 @@ mod tests {
             assert!(decode(&body[..cut]).is_err(), "cut at {cut}");
         }
         assert!(decode(b"\0SELECT 1\0\xff\xff").is_err(), "negative count");
-        assert!(decode(b"\0SELECT 1\0\0\x02\0\0\0\x17").is_err(), "fewer OIDs than announced");
+        assert!(
+            decode(b"\0SELECT 1\0\0\x02\0\0\0\x17").is_err(),
+            "fewer OIDs than announced"
+        );
         assert!(decode(b"\0SELECT 1\0\0\0junk").is_err(), "trailing bytes");
     }
 }

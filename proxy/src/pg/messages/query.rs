@@ -35,8 +35,14 @@ mod tests {
     #[test]
     fn refuses_missing_or_extra_terminators_and_bad_utf8() {
         assert_eq!(decode(b"SELECT 1"), Err(DecodeError::Malformed("Query")));
-        assert_eq!(decode(b"SELECT 1\0DROP TABLE t\0"), Err(DecodeError::Malformed("Query")));
-        assert_eq!(decode(b"SELECT '\xff'\0"), Err(DecodeError::InvalidUtf8("Query")));
+        assert_eq!(
+            decode(b"SELECT 1\0DROP TABLE t\0"),
+            Err(DecodeError::Malformed("Query"))
+        );
+        assert_eq!(
+            decode(b"SELECT '\xff'\0"),
+            Err(DecodeError::InvalidUtf8("Query"))
+        );
         assert_eq!(decode(b"\0"), Ok(""));
     }
 }

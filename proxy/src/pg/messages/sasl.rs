@@ -18,7 +18,9 @@ pub fn decode_initial(body: &[u8]) -> Result<InitialResponse<'_>, DecodeError> {
     let len = r.i32()?;
     let data = match len {
         -1 => &[][..],
-        n => r.bytes(usize::try_from(n).map_err(|_| DecodeError::Malformed("SASLInitialResponse"))?)?,
+        n => {
+            r.bytes(usize::try_from(n).map_err(|_| DecodeError::Malformed("SASLInitialResponse"))?)?
+        }
     };
     r.finish()?;
     Ok(InitialResponse { mechanism, data })
@@ -38,14 +40,29 @@ mod tests {
         let ok = b"SCRAM-SHA-256\0\0\0\0\x03n,,";
         assert_eq!(
             decode_initial(ok),
-            Ok(InitialResponse { mechanism: "SCRAM-SHA-256", data: b"n,," })
+            Ok(InitialResponse {
+                mechanism: "SCRAM-SHA-256",
+                data: b"n,,"
+            })
         );
-        assert_eq!(decode_initial(b"SCRAM-SHA-256\0\xff\xff\xff\xff").map(|r| r.data.len()), Ok(0));
+        assert_eq!(
+            decode_initial(b"SCRAM-SHA-256\0\xff\xff\xff\xff").map(|r| r.data.len()),
+            Ok(0)
+        );
         for cut in 0..ok.len() {
             assert!(decode_initial(&ok[..cut]).is_err(), "cut at {cut}");
         }
-        assert!(decode_initial(b"SCRAM-SHA-256\0\xff\xff\xff\xfe").is_err(), "negative length");
-        assert!(decode_initial(b"SCRAM-SHA-256\0\x7f\0\0\0n,,").is_err(), "length past the end");
-        assert!(decode_initial(b"SCRAM-SHA-256\0\0\0\0\x01n,,").is_err(), "trailing bytes");
+        assert!(
+            decode_initial(b"SCRAM-SHA-256\0\xff\xff\xff\xfe").is_err(),
+            "negative length"
+        );
+        assert!(
+            decode_initial(b"SCRAM-SHA-256\0\x7f\0\0\0n,,").is_err(),
+            "length past the end"
+        );
+        assert!(
+            decode_initial(b"SCRAM-SHA-256\0\0\0\0\x01n,,").is_err(),
+            "trailing bytes"
+        );
     }
 }
