@@ -20,6 +20,13 @@
 #   KEEP_TMP=1         keep the temporary directory (configs, server logs) on exit
 #   THREADS=1          Portcullis worker threads (PORTCULLIS_THREADS); 1 matches pgbouncer's
 #                      single thread on this 2-core host, 0 = one per CPU
+#   WORKLOAD=select    select: pgbench -S (builtin select-only) on the pgbench tables, with a
+#                      statement-class-only policy. customers: a pgbench script selecting a
+#                      quickstart customer by random id (examples/quickstart's schema, data and
+#                      policy directory), run directly, through Portcullis as the dba (admin:
+#                      open, nothing rewritten), through Portcullis as support_acme (target
+#                      "enforced": tenant row filter and masks on every statement) and through
+#                      pgbouncer, interleaved
 #
 # Everything runs on 127.0.0.1 on free ports in a temporary directory that is removed on exit
 # (also on Ctrl-C). The machine's own PostgreSQL is not touched.
@@ -42,7 +49,12 @@ WARMUP="${WARMUP:-5}"
 PG_BINDIR="${PG_BINDIR:-/usr/lib/postgresql/15/bin}"
 PORTCULLIS_BIN="${PORTCULLIS_BIN:-${CARGO_TARGET_DIR:-target}/release/portcullis}"
 RESULTS_DIR="${RESULTS_DIR:-$REPO/bench/results}"
-TARGETS=(direct portcullis pgbouncer)
+WORKLOAD="${WORKLOAD:-select}"
+case "$WORKLOAD" in
+select) TARGETS=(direct portcullis pgbouncer) ;;
+customers) TARGETS=(direct portcullis enforced pgbouncer) ;;
+*) echo "WORKLOAD: unknown workload '$WORKLOAD' (select, customers)" >&2; exit 2 ;;
+esac
 CLK_TCK="$(getconf CLK_TCK)"
 
 for m in $MODES; do
@@ -211,6 +223,23 @@ BENCH_VERIFIER="$("${PSQL_ADMIN[@]}" -d postgres -At -c "SELECT rolpassword FROM
 log "pgbench -i -s $SCALE"
 pgbench -i -s "$SCALE" -q -h "$TMP/pg" -p "$PG_PORT" -U bench bench >"$TMP/out/init.log" 2>&1 ||
     { cat "$TMP/out/init.log" >&2; die "pgbench -i failed"; }
+if [[ "$WORKLOAD" == customers ]]; then
+    log "loading examples/quickstart (schema, data) into the bench database"
+    # As bench, so that the proxy's upstream user owns what it reads.
+    "${PSQL_ADMIN[@]}" -q -v ON_ERROR_STOP=1 -d bench -c "SET ROLE bench" \
+        -f "$REPO/examples/quickstart/schema.sql" -f "$REPO/examples/quickstart/data.sql" >/dev/null ||
+        die "loading the quickstart data failed"
+    # One customer by random id: 300 customers, a third of them tenant 1's (the rest are
+    # filtered away for support_acme, which still costs the statement).
+    printf '%s\n' '\set id random(1, 300)' \
+        'SELECT id, name, email, ssn, card_number, birth_date FROM customers WHERE id = :id;' \
+        >"$TMP/customers.sql"
+    PGBENCH_WORKLOAD=(-f "$TMP/customers.sql")
+    SANITY_TABLE=customers
+else
+    PGBENCH_WORKLOAD=(-S)
+    SANITY_TABLE=pgbench_branches
+fi
 "${PSQL_ADMIN[@]}" -d bench -c "VACUUM ANALYZE" -c "CHECKPOINT" >/dev/null
 
 # ---------------------------------------------------------------- Portcullis
@@ -219,6 +248,22 @@ chmod 0600 "$TMP/portcullis/upstream.password"
 printf '%s\n' "$BENCH_PASSWORD" |
     "$PORTCULLIS_BIN" user add bench --file "$TMP/portcullis/users.toml" --role dba >/dev/null ||
     die "portcullis user add failed"
+printf '%s\n' "$BENCH_PASSWORD" |
+    "$PORTCULLIS_BIN" user add bench_support --file "$TMP/portcullis/users.toml" --role support \
+        --attr tenant=1 >/dev/null || die "portcullis user add failed"
+if [[ "$WORKLOAD" == customers ]]; then
+    POLICY_SECTION="[policy]
+dir = \"$REPO/examples/quickstart\"
+
+[policy.roles.dba]
+allow = [\"all\"]
+
+[policy.roles.support]
+allow = [\"read\", \"write\", \"session\", \"transaction\"]"
+else
+    POLICY_SECTION="[policy.roles.dba]
+allow = [\"all\"]"
+fi
 cat >"$TMP/portcullis/portcullis.toml" <<EOF
 # Written by bench/run.sh
 [listen]
@@ -243,8 +288,7 @@ sslmode = "disable"
 [limits]
 shutdown_grace_secs = 1
 
-[policy.roles.dba]
-allow = ["all"]
+$POLICY_SECTION
 EOF
 log "starting Portcullis ($PORTCULLIS_BIN) on 127.0.0.1:$PORTCULLIS_PORT"
 PORTCULLIS_THREADS="${THREADS:-1}" "$PORTCULLIS_BIN" serve --config "$TMP/portcullis/portcullis.toml" >"$TMP/portcullis/portcullis.log" 2>&1 &
@@ -293,20 +337,22 @@ wait_port "$PGBOUNCER_PORT" pgbouncer "$PGBOUNCER_PID" ||
 # ---------------------------------------------------------------- helpers
 port_of() {
     case "$1" in
-    direct) echo "$PG_PORT" ;; portcullis) echo "$PORTCULLIS_PORT" ;; pgbouncer) echo "$PGBOUNCER_PORT" ;;
+    direct) echo "$PG_PORT" ;; portcullis | enforced) echo "$PORTCULLIS_PORT" ;; pgbouncer) echo "$PGBOUNCER_PORT" ;;
     esac
 }
 pid_of() {
     case "$1" in
-    portcullis) echo "$PORTCULLIS_PID" ;; pgbouncer) echo "$PGBOUNCER_PID" ;; *) echo "" ;;
+    portcullis | enforced) echo "$PORTCULLIS_PID" ;; pgbouncer) echo "$PGBOUNCER_PID" ;; *) echo "" ;;
     esac
 }
 log_of() {
     case "$1" in
-    direct) echo "$TMP/pg/postgres.log" ;; portcullis) echo "$TMP/portcullis/portcullis.log" ;;
+    direct) echo "$TMP/pg/postgres.log" ;; portcullis | enforced) echo "$TMP/portcullis/portcullis.log" ;;
     pgbouncer) echo "$TMP/pgbouncer/pgbouncer.log" ;;
     esac
 }
+# The enforced target is Portcullis with a user whose every statement is rewritten.
+user_of() { [[ "$1" == enforced ]] && echo bench_support || echo bench; }
 # utime + stime of the whole process (all threads), in clock ticks: /proc/PID/stat fields 14, 15.
 cpu_ticks() {
     local stat
@@ -338,8 +384,8 @@ export PGSSLMODE=require PGPASSWORD="$BENCH_PASSWORD" PGCONNECT_TIMEOUT=10
 
 # Sanity check: every target answers over TLS; show what was negotiated.
 for t in "${TARGETS[@]}"; do
-    info="$(psql -X -At -h 127.0.0.1 -p "$(port_of "$t")" -U bench -d bench \
-        -c "SELECT count(*) FROM pgbench_branches" -c '\conninfo' 2>&1)" ||
+    info="$(psql -X -At -h 127.0.0.1 -p "$(port_of "$t")" -U "$(user_of "$t")" -d bench \
+        -c "SELECT count(*) FROM $SANITY_TABLE" -c '\conninfo' 2>&1)" ||
         { echo "$info" >&2; tail -20 "$(log_of "$t")" >&2; die "$t: psql over TLS failed"; }
     ssl="$(grep -o 'SSL connection ([^)]*)' <<<"$info" || echo 'no SSL?')"
     log "$t: port $(port_of "$t"): ok, $ssl"
@@ -358,7 +404,7 @@ SUMMARY="$RESULTS_DIR/$STAMP-summary.csv"
 OUTLOG="$RESULTS_DIR/$STAMP.log"
 echo "mode,clients,round,target,status,tps,latency_ms,transactions,failed,cpu_ticks,cpu_us_per_stmt,postgres_us_per_stmt,pgbench_us_per_stmt,other_cpu_pct,loadavg1" >"$RAW"
 {
-    echo "# bench/run.sh $STAMP: DURATION=$DURATION ROUNDS=$ROUNDS CLIENTS='$CLIENTS' MODES='$MODES' SCALE=$SCALE"
+    echo "# bench/run.sh $STAMP: WORKLOAD=$WORKLOAD DURATION=$DURATION ROUNDS=$ROUNDS CLIENTS='$CLIENTS' MODES='$MODES' SCALE=$SCALE"
     echo "# portcullis: $PORTCULLIS_BIN ($("$PORTCULLIS_BIN" --version 2>&1), binary built $(date -r "$PORTCULLIS_BIN" '+%F %T %Z'); tree now at git $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet HEAD 2>/dev/null || echo '+uncommitted changes'))"
     echo "# $("$PG_BINDIR/postgres" --version); $("$PGBOUNCER_BIN" --version | head -1); $(pgbench --version)"
 } >"$OUTLOG"
@@ -389,8 +435,8 @@ for mode in $MODES; do
                 children_secs >"$TMP/kids_before"
                 out="$TMP/out/$mode-$c-$round-$t.txt"
                 set +e
-                pgbench -S -M "$mode" -c "$c" -j "$j" -T "$DURATION" -n \
-                    -h 127.0.0.1 -p "$(port_of "$t")" -U bench bench >"$out" 2>&1 &
+                pgbench "${PGBENCH_WORKLOAD[@]}" -M "$mode" -c "$c" -j "$j" -T "$DURATION" -n \
+                    -h 127.0.0.1 -p "$(port_of "$t")" -U "$(user_of "$t")" bench >"$out" 2>&1 &
                 PGBENCH_PID=$!
                 wait "$PGBENCH_PID"
                 rc=$?
@@ -515,9 +561,43 @@ END {
     for (o = 1; o <= nk; o++) printf "%s", line2[o]
 }' "$RAW" >"$TMP/table.txt"
 
+# Policy enforcement (WORKLOAD=customers): the same proxy with a user whose statements are
+# all rewritten (E) against the admin's open statements (P) and pgbouncer (B).
+awk -F, '
+function median(key,   n, i, j, v, a) {
+    n = cnt[key]
+    if (n == 0) return ""
+    for (i = 1; i <= n; i++) a[i] = vals[key, i]
+    for (i = 2; i <= n; i++) { v = a[i]; for (j = i - 1; j >= 1 && a[j] > v; j--) a[j + 1] = a[j]; a[j + 1] = v }
+    return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+}
+function add(key, v) { if (v != "") { cnt[key]++; vals[key, cnt[key]] = v + 0 } }
+function r(a, b) { return (a != "" && b != "" && b > 0) ? sprintf("%.3f", a / b) : "-" }
+function f(v, fmt) { return v == "" ? "-" : sprintf(fmt, v) }
+NR == 1 { next }
+$4 == "enforced" { any = 1 }
+{
+    k = $1 SUBSEP $2
+    if (!(k in seen)) { seen[k] = 1; order[++nk] = k }
+    if ($5 == "ok") { add("tps" SUBSEP k SUBSEP $4, $6); add("cpu" SUBSEP k SUBSEP $4, $11) }
+}
+END {
+    if (!any) exit
+    printf "\nPolicy enforcement: E = Portcullis as support_acme (row filter + masks, every statement rewritten),\nP = Portcullis as the dba (nothing rewritten), B = pgbouncer; medians over rounds\n"
+    printf "%-8s %4s | %9s %9s %9s | %6s %6s | %8s %8s %8s\n", "mode", "cli", "TPS P", "TPS E", "TPS B", "E/P", "E/B", "µs/st P", "µs/st E", "µs/st B"
+    for (o = 1; o <= nk; o++) {
+        k = order[o]; split(k, p, SUBSEP)
+        tp = median("tps" SUBSEP k SUBSEP "portcullis"); te = median("tps" SUBSEP k SUBSEP "enforced"); tb = median("tps" SUBSEP k SUBSEP "pgbouncer")
+        cp = median("cpu" SUBSEP k SUBSEP "portcullis"); ce = median("cpu" SUBSEP k SUBSEP "enforced"); cb = median("cpu" SUBSEP k SUBSEP "pgbouncer")
+        printf "%-8s %4s | %9s %9s %9s | %6s %6s | %8s %8s %8s\n", p[1], p[2], f(tp, "%.0f"), f(te, "%.0f"), f(tb, "%.0f"), \
+            r(te, tp), r(te, tb), f(cp, "%.1f"), f(ce, "%.1f"), f(cb, "%.1f")
+    }
+}' "$RAW" >>"$TMP/table.txt"
+
 {
     echo
-    echo "Portcullis vs pgbouncer (session mode) vs direct PostgreSQL: pgbench -S over TLS"
+    echo "Portcullis vs pgbouncer (session mode) vs direct PostgreSQL over TLS: WORKLOAD=$WORKLOAD" \
+        "($([[ "$WORKLOAD" == customers ]] && echo "a quickstart customer by id" || echo "pgbench -S"))"
     echo "DURATION=${DURATION}s ROUNDS=$ROUNDS SCALE=$SCALE; medians over rounds; P=portcullis B=pgbouncer D=direct;"
     echo "µs/st = proxy process CPU (utime+stime) per statement; $(nproc) CPUs shared by pgbench, proxies and PostgreSQL;"
     echo "oth% = CPU used by anything else on the machine during the run (share of all CPUs), worst run of the row"

@@ -56,6 +56,19 @@ pub struct PolicyConfig {
     /// Role name -> what the role may run.
     #[serde(default)]
     pub roles: BTreeMap<String, RoleConfig>,
+    /// The policy directory (`model.conf`, `policy.csv`, `classification.toml`,
+    /// `rules.toml`; see [`crate::governance`]), relative to the configuration file.
+    /// Without it only statement classes are enforced: relations are not governed.
+    #[serde(default)]
+    pub dir: Option<std::path::PathBuf>,
+    /// How often (seconds) the proxy looks for changed policy files and reloads them
+    /// as on SIGHUP; 0 turns watching off.
+    #[serde(default = "default_watch_secs")]
+    pub watch_secs: u64,
+}
+
+fn default_watch_secs() -> u64 {
+    2
 }
 
 impl Default for PolicyConfig {
@@ -66,6 +79,8 @@ impl Default for PolicyConfig {
             cache_entries: DEFAULT_CACHE_ENTRIES,
             cache_max_bytes: DEFAULT_CACHE_MAX_BYTES,
             roles: BTreeMap::new(),
+            dir: None,
+            watch_secs: default_watch_secs(),
         }
     }
 }

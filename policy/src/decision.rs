@@ -37,6 +37,9 @@ pub enum Decision {
         /// user is listed in `unparsed_passthrough`. The audit event must say so: nothing
         /// about such a statement was checked.
         passthrough: bool,
+        /// True when the text was rewritten for the identity (relation substitution,
+        /// row filters added to writes): `sql` differs from the analysed text.
+        rewritten: bool,
     },
     /// Refuse the statement; the proxy answers with an ErrorResponse built from it.
     Deny(Denial),

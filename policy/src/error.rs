@@ -29,4 +29,7 @@ pub enum PolicyError {
     /// `unparsed_passthrough` names an empty or blank user.
     #[error("policy.unparsed_passthrough contains an empty user name")]
     EmptyPassthroughUser,
+    /// A file of the policy directory was refused (it names file and line).
+    #[error("{0}")]
+    Load(#[from] crate::governance::LoadError),
 }

@@ -84,19 +84,25 @@
 
 #![warn(missing_docs)]
 
+mod access;
 mod analysis;
+pub mod catalog;
 mod class;
 mod config;
 mod decision;
 mod engine;
 mod error;
+pub mod governance;
 mod identity;
 mod policy;
+mod rewrite;
 mod shape;
+pub mod support;
 
 #[cfg(test)]
 mod roundtrip;
 
+pub use catalog::Catalog;
 pub use class::{ClassSet, StatementClass};
 pub use config::{
     ClassGrant, DEFAULT_CACHE_ENTRIES, DEFAULT_CACHE_MAX_BYTES, DEFAULT_MAX_STATEMENT_BYTES,

@@ -1,12 +1,16 @@
 //! The compiled policy: validated once from [`PolicyConfig`], then immutable.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
 use crate::class::ClassSet;
 use crate::config::{ClassGrant, PolicyConfig};
+use crate::decision::Denial;
 use crate::error::PolicyError;
+use crate::governance::Governance;
+use crate::identity::Identity;
 
 /// PostgreSQL refuses protocol messages of 1 GiB or more; no statement can be longer.
 const MAX_STATEMENT_BYTES_LIMIT: usize = 1024 * 1024 * 1024;
@@ -17,13 +21,14 @@ const MAX_STATEMENT_BYTES_LIMIT: usize = 1024 * 1024 * 1024;
 /// It refuses, fail closed: statements over the size limit, statements it cannot parse
 /// (unless the user is a passthrough user), users none of whose roles it knows, and any
 /// statement with a class that none of the user's roles is granted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Policy {
     roles: BTreeMap<String, ClassSet>,
     passthrough: BTreeSet<String>,
     max_statement_bytes: usize,
     deny_all: bool,
     version: String,
+    governance: Option<Arc<Governance>>,
 }
 
 impl Policy {
@@ -69,7 +74,66 @@ impl Policy {
             max_statement_bytes: config.max_statement_bytes,
             deny_all: false,
             version: content_hash(config),
+            governance: None,
         })
+    }
+
+    /// Compiles `config` with the relation-level policy of a policy directory: table
+    /// and function grants, masks and row filters then apply to every statement, and
+    /// relations or functions the catalog does not know are refused. The version is a
+    /// hash over the configuration and every file of the directory.
+    pub fn compile_governed(
+        config: &PolicyConfig,
+        governance: Governance,
+    ) -> Result<Policy, PolicyError> {
+        let mut policy = Policy::compile(config)?;
+        let files = governance.content_hash();
+        policy.version = format!("{}+{}", policy.version, files.trim_start_matches("sha256:"));
+        policy.version = {
+            use sha2::{Digest, Sha256};
+            let digest = Sha256::digest(policy.version.as_bytes());
+            format!(
+                "sha256:{}",
+                digest
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            )
+        };
+        policy.governance = Some(Arc::new(governance));
+        Ok(policy)
+    }
+
+    /// Compiles `config`, with its policy directory when `dir` is set (already
+    /// resolved against the configuration file's directory by the caller).
+    pub fn load(config: &PolicyConfig) -> Result<Policy, PolicyError> {
+        match &config.dir {
+            None => Policy::compile(config),
+            Some(dir) => Policy::compile_governed(config, Governance::load(dir)?),
+        }
+    }
+
+    /// The same policy, named by `version` in decisions and audit events (the proxy
+    /// sets the git commit of the policy directory when it is a checkout).
+    pub fn with_version(mut self, version: impl Into<String>) -> Policy {
+        self.version = version.into();
+        self
+    }
+
+    /// The relation-level policy, if the policy has one.
+    pub fn governance(&self) -> Option<&Arc<Governance>> {
+        self.governance.as_ref()
+    }
+
+    /// The run-time settings the proxy gives `identity`'s upstream session for native
+    /// row-level security (`[[native]]` rules of the policy directory), sorted by name;
+    /// empty without a policy directory. See [`Governance::session_settings`] for what
+    /// it refuses.
+    pub fn session_settings(&self, identity: &Identity) -> Result<Vec<(String, String)>, Denial> {
+        match &self.governance {
+            Some(governance) => governance.session_settings(identity),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// The policy that refuses every statement (SQLSTATE 42501), including empty ones:
@@ -81,6 +145,7 @@ impl Policy {
             max_statement_bytes: 0,
             deny_all: true,
             version: "deny-all".to_string(),
+            governance: None,
         }
     }
 
@@ -222,15 +287,21 @@ mod tests {
         assert!(Policy::compile(&config).is_err());
         config.max_statement_bytes = 1024;
         config.cache_entries = 0;
-        assert_eq!(Policy::compile(&config), Err(PolicyError::CacheEntries));
+        assert_eq!(
+            Policy::compile(&config).err(),
+            Some(PolicyError::CacheEntries)
+        );
         config.cache_entries = 1;
         config.cache_max_bytes = 0;
-        assert_eq!(Policy::compile(&config), Err(PolicyError::CacheMaxBytes));
+        assert_eq!(
+            Policy::compile(&config).err(),
+            Some(PolicyError::CacheMaxBytes)
+        );
 
         let blank_role = config_with(&[(" ", &[ClassGrant::Read])]);
         assert_eq!(
-            Policy::compile(&blank_role),
-            Err(PolicyError::EmptyRoleName)
+            Policy::compile(&blank_role).err(),
+            Some(PolicyError::EmptyRoleName)
         );
 
         let blank_user = PolicyConfig {
@@ -238,8 +309,8 @@ mod tests {
             ..PolicyConfig::default()
         };
         assert_eq!(
-            Policy::compile(&blank_user),
-            Err(PolicyError::EmptyPassthroughUser)
+            Policy::compile(&blank_user).err(),
+            Some(PolicyError::EmptyPassthroughUser)
         );
     }
 

@@ -39,6 +39,9 @@ pub struct Config {
     /// The audit trail: where events go and in which formats.
     #[serde(default)]
     pub audit: Option<portcullis_audit::pipeline::AuditConfig>,
+    /// The catalog snapshot of the upstream database the policy resolves names in.
+    #[serde(default)]
+    pub catalog: CatalogConfig,
 }
 
 /// The client-facing listener.
@@ -245,6 +248,58 @@ impl Default for LimitsConfig {
     }
 }
 
+/// How the proxy reads and refreshes its catalog snapshot of the upstream database.
+///
+/// Read at start only: a SIGHUP reloads the snapshot but not these settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogConfig {
+    /// Database whose catalog is read when `upstream.database` is not set (when it is,
+    /// every session goes there and so does the catalog connection). By default the
+    /// upstream user's name, which is PostgreSQL's own default database.
+    #[serde(default)]
+    pub database: Option<String>,
+    /// Create or replace the `portcullis` schema's support functions (which rewritten
+    /// writes call) at the first load and at every SIGHUP. A failure, such as a missing
+    /// CREATE right, is logged as a warning and does not stop the proxy.
+    #[serde(default = "default_true")]
+    pub install_support: bool,
+    /// Seconds one load (connect, support SQL, catalog queries) may take.
+    #[serde(default = "default_catalog_timeout")]
+    pub load_timeout_secs: u64,
+    /// Seconds between attempts after a failed load, until one succeeds.
+    #[serde(default = "default_catalog_retry")]
+    pub retry_secs: u64,
+    /// Largest catalog accepted, in bytes of row data as the server sends it; a larger
+    /// one fails to load and the previous snapshot stays in force.
+    #[serde(default = "default_catalog_max_bytes")]
+    pub max_bytes: usize,
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        Self {
+            database: None,
+            install_support: true,
+            load_timeout_secs: default_catalog_timeout(),
+            retry_secs: default_catalog_retry(),
+            max_bytes: default_catalog_max_bytes(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_catalog_timeout() -> u64 {
+    30
+}
+fn default_catalog_retry() -> u64 {
+    5
+}
+fn default_catalog_max_bytes() -> usize {
+    256 * 1024 * 1024
+}
 fn default_max_connections() -> usize {
     1000
 }
@@ -345,6 +400,9 @@ impl Config {
             }
         };
         join(&mut self.auth.users_file);
+        if let Some(dir) = &mut self.policy.dir {
+            join(dir);
+        }
         if let Some(tls) = &mut self.tls {
             join(&mut tls.cert);
             join(&mut tls.key);
@@ -410,6 +468,15 @@ impl Config {
         if self.listen.max_connections == 0 {
             return invalid("listen.max_connections must be at least 1");
         }
+        if self.catalog.load_timeout_secs == 0 || self.catalog.retry_secs == 0 {
+            return invalid("catalog.load_timeout_secs and catalog.retry_secs must be at least 1");
+        }
+        if self.catalog.max_bytes < 64 * 1024 {
+            return invalid("catalog.max_bytes must be at least 65536");
+        }
+        if self.catalog.database.as_deref() == Some("") {
+            return invalid("catalog.database must not be empty; leave it out for the default");
+        }
         if let Some(audit) = &self.audit {
             if let Err(e) = audit.validate() {
                 return invalid(&format!("audit: {e}"));
@@ -451,6 +518,29 @@ password = { env = "PGPASS_TEST" }
         assert_eq!(c.upstream.port, 5432);
         assert_eq!(c.limits.max_message_bytes, 64 * 1024 * 1024);
         assert!(!c.listen.require_tls);
+        assert!(c.catalog.install_support);
+        assert_eq!(c.catalog.database, None);
+        assert_eq!(c.catalog.load_timeout_secs, 30);
+    }
+
+    #[test]
+    fn catalog_section_is_strict_and_validated() {
+        let with = |table: &str| parse(&format!("{MINIMAL}\n[catalog]\n{table}\n"));
+        let c = with("database = \"app\"\ninstall_support = false").expect("valid");
+        assert_eq!(c.catalog.database.as_deref(), Some("app"));
+        assert!(!c.catalog.install_support);
+        assert!(matches!(
+            with("retry_secs = 0"),
+            Err(ConfigError::Invalid { .. })
+        ));
+        assert!(matches!(
+            with("database = \"\""),
+            Err(ConfigError::Invalid { .. })
+        ));
+        assert!(matches!(
+            with("install = true"),
+            Err(ConfigError::Parse { .. })
+        ));
     }
 
     #[test]

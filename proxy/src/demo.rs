@@ -164,6 +164,8 @@ pub async fn start(opts: DemoOptions) -> Result<Demo, DemoError> {
     config.upstream.port = cluster.port();
     config.upstream.user = cluster.superuser().to_owned();
     config.upstream.password = Some(SecretRef::File(password_file));
+    // Clients name the database; the catalog connection has no client to ask.
+    config.catalog.database = Some(DEMO_DATABASE.to_owned());
     config.metrics = Some(MetricsConfig {
         address: SocketAddr::from((Ipv4Addr::LOCALHOST, opts.metrics_port)),
     });
@@ -197,7 +199,10 @@ pub async fn start(opts: DemoOptions) -> Result<Demo, DemoError> {
     audit.sinks.push(chain);
     config.audit = Some(audit);
 
-    let server = Server::bind(config, None).await?;
+    // With the example's file named, edits to its policy (the [policy] section and the
+    // policy directory) are reloaded while the demo runs; the demo's own overrides
+    // (ports, certificate, upstream) stay, as reloads only take the policy from it.
+    let server = Server::bind(config, Some(config_path.clone())).await?;
     let proxy_addr = server.local_addr()?;
     let metrics_addr = server.metrics_addr();
     let shutdown = CancellationToken::new();

@@ -14,6 +14,8 @@ use portcullis::config::Config;
 use portcullis::demo::{DEMO_USERS, DemoOptions, default_example_dir};
 use portcullis::server::Server;
 
+mod policy_cli;
+
 /// Portcullis: a transparent, TLS-terminating security proxy for PostgreSQL.
 ///
 /// Applications point their connection string at Portcullis instead of the database.
@@ -67,6 +69,9 @@ enum Command {
     /// Work with audit trails.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Policies as code: check a policy directory, run its fixtures, explain a decision.
+    #[command(subcommand)]
+    Policy(policy_cli::PolicyCommand),
     /// Start a throwaway PostgreSQL with the quickstart data behind a proxy.
     ///
     /// Needs the PostgreSQL server binaries (initdb, pg_ctl, postgres, psql). Prints a
@@ -206,6 +211,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Audit(AuditCommand::Verify { files, key_env }) => {
             audit_verify(&files, key_env.as_deref())
         }
+        Command::Policy(command) => policy_cli::run(command).await,
         Command::Demo {
             port,
             metrics_port,
@@ -227,7 +233,7 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
 fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     portcullis::auth::store::UserStore::load(&config.auth.users_file)?;
-    portcullis_policy::Policy::compile(&config.policy)
+    portcullis::policy_source::load(&config.policy)
         .map_err(|e| anyhow::anyhow!("{}: policy: {e}", path.display()))?;
     if let Some(tls) = config.tls.clone() {
         portcullis::tls::ReloadableTls::new(tls)?;

@@ -67,6 +67,10 @@ pub struct Metrics {
     pub parse_cache_misses: Gauge,
     /// Reloads by outcome.
     pub reloads: Family<Outcome, Counter>,
+    /// Relations in the catalog snapshot in force (0 until a load succeeds).
+    pub catalog_relations: Gauge,
+    /// Catalog snapshot loads by outcome: ok, error.
+    pub catalog_loads: Family<Outcome, Counter>,
     /// Per statement shape (with auditing on): count and latency.
     pub fingerprints: Family<Fingerprint, Histogram, fn() -> Histogram>,
     fingerprints_seen: parking_lot::Mutex<std::collections::HashSet<String>>,
@@ -86,6 +90,8 @@ impl Metrics {
         let parse_cache_hits = Gauge::default();
         let parse_cache_misses = Gauge::default();
         let reloads = Family::<Outcome, Counter>::default();
+        let catalog_relations = Gauge::default();
+        let catalog_loads = Family::<Outcome, Counter>::default();
         let fingerprints: Family<Fingerprint, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(fingerprint_histogram);
         registry.register(
@@ -134,6 +140,16 @@ impl Metrics {
             reloads.clone(),
         );
         registry.register(
+            "catalog_relations",
+            "Relations in the catalog snapshot in force",
+            catalog_relations.clone(),
+        );
+        registry.register(
+            "catalog_loads",
+            "Catalog snapshot loads by outcome",
+            catalog_loads.clone(),
+        );
+        registry.register(
             "statement_fingerprint_duration_seconds",
             "Statements by shape (audit fingerprint; `other` past 500 shapes): count and latency",
             fingerprints.clone(),
@@ -148,6 +164,8 @@ impl Metrics {
             parse_cache_hits,
             parse_cache_misses,
             reloads,
+            catalog_relations,
+            catalog_loads,
             fingerprints,
             fingerprints_seen: parking_lot::Mutex::new(std::collections::HashSet::new()),
             registry,
@@ -175,6 +193,11 @@ impl Metrics {
         self.fingerprints
             .get_or_create(&Fingerprint { fingerprint: label })
             .observe(seconds);
+    }
+
+    /// Counts a catalog load (`ok` or `error`).
+    pub fn catalog_load(&self, outcome: &'static str) {
+        self.catalog_loads.get_or_create(&Outcome { outcome }).inc();
     }
 
     /// Counts an upstream failure.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use portcullis_policy::{Engine, Policy};
+use portcullis_policy::{Catalog, Engine, Policy};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -17,6 +17,7 @@ use tracing::{error, info, warn};
 
 use crate::auth::store::UserStore;
 use crate::cancel::CancelRegistry;
+use crate::catalog::{CatalogLoader, Refresher, refresh};
 use crate::config::{Config, LimitsConfig};
 use crate::metrics::{Metrics, Outcome};
 use crate::pg::PgError;
@@ -36,6 +37,13 @@ pub struct Shared {
     pub policy: ArcSwap<Policy>,
     /// Parser, classifier and parse cache.
     pub engine: Engine,
+    /// The upstream's catalog snapshot in force; swapped whole by each successful load
+    /// (`catalog.load()` for a cheap guard per statement, `catalog.load_full()` for an
+    /// `Arc<Catalog>` to keep). Empty until the first load succeeds, which makes the
+    /// policy refuse every relation outside the system schemas.
+    pub catalog: ArcSwap<Catalog>,
+    /// Asks the server's refresh task for a new snapshot (after DDL, on SIGHUP).
+    pub catalog_refresher: Refresher,
     /// Opens upstream sessions.
     pub connector: Arc<Connector>,
     /// Live sessions for CancelRequest routing.
@@ -87,22 +95,35 @@ pub struct Server {
     metrics_listener: Option<TcpListener>,
     max_connections: usize,
     config_path: Option<PathBuf>,
+    /// The policy directory and how often to look for changes in it.
+    policy_dir: Option<PathBuf>,
+    watch_secs: u64,
     users_file: PathBuf,
     audit_stop: CancellationToken,
     audit_task: Option<tokio::task::JoinHandle<()>>,
+    /// Taken by [`Server::run`], which hands it to the refresh task.
+    catalog_loader: Option<CatalogLoader>,
+    catalog_retry: Duration,
+    /// Whether the snapshot loaded at start came from the upstream.
+    catalog_loaded: bool,
 }
 
 impl Server {
-    /// Builds everything from `config` and binds the listeners. `config_path` is
-    /// re-read on SIGHUP for the policy section.
+    /// Builds everything from `config`, binds the listeners and loads the catalog
+    /// snapshot. `config_path` is re-read on SIGHUP for the policy section.
+    ///
+    /// An unreachable upstream does not stop the start: the proxy starts with an empty
+    /// catalog (refusing every non-system relation) and [`Server::run`] keeps retrying.
     pub async fn bind(config: Config, config_path: Option<PathBuf>) -> Result<Self, ServerError> {
         let tls = config.tls.clone().map(ReloadableTls::new).transpose()?;
         let users = UserStore::load(&config.auth.users_file)?;
-        let policy =
-            Policy::compile(&config.policy).map_err(|e| ServerError::Policy(e.to_string()))?;
+        let policy = crate::policy_source::load(&config.policy)
+            .map_err(|e| ServerError::Policy(e.to_string()))?;
         let engine =
             Engine::with_limits(config.policy.cache_entries, config.policy.cache_max_bytes);
         let connector = Arc::new(Connector::new(&config.upstream)?);
+        let catalog_loader =
+            CatalogLoader::new(Arc::clone(&connector), &config.upstream, &config.catalog);
         let listener = TcpListener::bind(config.listen.address)
             .await
             .map_err(|source| ServerError::Bind {
@@ -135,6 +156,8 @@ impl Server {
             users: ArcSwap::from_pointee(users),
             policy: ArcSwap::from_pointee(policy),
             engine,
+            catalog: ArcSwap::from_pointee(Catalog::default()),
+            catalog_refresher: Refresher::new(),
             connector,
             cancels: CancelRegistry::default(),
             metrics: Arc::new(Metrics::new()),
@@ -143,15 +166,30 @@ impl Server {
             drain: CancellationToken::new(),
             kill: CancellationToken::new(),
         });
+        let catalog_retry = Duration::from_secs(config.catalog.retry_secs.max(1));
+        let catalog_loaded = refresh::load_and_publish(&shared, &catalog_loader).await;
+        if !catalog_loaded {
+            warn!(
+                database = catalog_loader.database(),
+                retry_secs = catalog_retry.as_secs(),
+                "starting with an empty catalog: every relation outside the system schemas \
+                 is refused until a load succeeds; retrying in the background"
+            );
+        }
         Ok(Self {
             shared,
             listener,
             metrics_listener,
             max_connections: config.listen.max_connections,
             config_path,
+            policy_dir: config.policy.dir.clone(),
+            watch_secs: config.policy.watch_secs,
             users_file: config.auth.users_file,
             audit_stop,
             audit_task,
+            catalog_loader: Some(catalog_loader),
+            catalog_retry,
+            catalog_loaded,
         })
     }
 
@@ -173,9 +211,11 @@ impl Server {
     }
 
     /// Re-reads TLS material, the user store and the policy; each part that fails to
-    /// load keeps its previous version.
+    /// load keeps its previous version. Also asks for a new catalog snapshot (with the
+    /// support functions reinstalled), which loads in the background.
     pub fn reload(&self) {
         let shared = &self.shared;
+        shared.catalog_refresher.request_reload();
         let mut ok = true;
         if let Some(tls) = &shared.tls {
             if let Err(e) = tls.reload() {
@@ -192,8 +232,12 @@ impl Server {
         }
         if let Some(path) = &self.config_path {
             match Config::load(path).map_err(|e| e.to_string()).and_then(|c| {
-                Policy::compile(&c.policy).map_err(|e| format!("{}: policy: {e}", path.display()))
+                crate::policy_source::load(&c.policy)
+                    .map_err(|e| format!("{}: policy: {e}", path.display()))
             }) {
+                Ok(policy) if policy.version() == shared.policy.load().version() => {
+                    info!(version = policy.version(), "policy unchanged");
+                }
                 Ok(policy) => {
                     info!(version = policy.version(), "policy reloaded");
                     self.audit_event(
@@ -216,6 +260,16 @@ impl Server {
             .get_or_create(&Outcome { outcome })
             .inc();
         info!(outcome, "reload finished");
+    }
+
+    /// The fingerprint of the configuration file and the policy directory, when the
+    /// server was started from a file.
+    fn policy_fingerprint(&self) -> Option<crate::policy_source::Fingerprint> {
+        let path = self.config_path.as_deref()?;
+        Some(crate::policy_source::Fingerprint::of(
+            path,
+            self.policy_dir.as_deref(),
+        ))
     }
 
     fn audit_event(&self, kind: portcullis_audit::event::EventKind, detail: String) {
@@ -254,7 +308,24 @@ impl Server {
                 metrics_stop.clone(),
             ));
         }
+        if let Some(loader) = self.catalog_loader.take() {
+            // Stops with `shutdown`: a load in progress is abandoned.
+            tracker.spawn(refresh::keep_fresh(
+                Arc::clone(&self.shared),
+                loader,
+                self.catalog_retry,
+                self.catalog_loaded,
+                shutdown.clone(),
+            ));
+        }
         let mut hangup = signal(tokio::signal::unix::SignalKind::hangup());
+        // Policy files are watched by polling their size and modification time: cheap,
+        // and it works on every filesystem and with `git pull` replacing files.
+        let watch_every = Duration::from_secs(self.watch_secs.max(1));
+        let mut watch =
+            tokio::time::interval_at(tokio::time::Instant::now() + watch_every, watch_every);
+        watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seen = self.policy_fingerprint();
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
@@ -268,6 +339,15 @@ impl Server {
                 Some(()) = recv(&mut hangup) => {
                     info!("SIGHUP: reloading");
                     self.reload();
+                    seen = self.policy_fingerprint();
+                }
+                _ = watch.tick(), if self.watch_secs > 0 && seen.is_some() => {
+                    let now = self.policy_fingerprint();
+                    if now != seen {
+                        info!("policy files changed: reloading");
+                        seen = now;
+                        self.reload();
+                    }
                 }
                 () = shutdown.cancelled() => break,
             }

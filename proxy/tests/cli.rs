@@ -101,8 +101,16 @@ fn check_config_accepts_quickstart_and_points_at_bad_lines() {
     let dir = tempfile::tempdir().unwrap();
     let quickstart =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
-    // The quickstart names its TLS files relative to itself; give them to a copy.
-    for f in ["portcullis.toml", "users.toml"] {
+    // The quickstart names its TLS files and its policy directory relative to itself;
+    // give them to a copy.
+    for f in [
+        "portcullis.toml",
+        "users.toml",
+        "model.conf",
+        "policy.csv",
+        "classification.toml",
+        "rules.toml",
+    ] {
         std::fs::copy(quickstart.join(f), dir.path().join(f)).unwrap();
     }
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();

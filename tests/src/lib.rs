@@ -58,6 +58,15 @@ pub struct EnvOptions {
     pub upstream_port_override: Option<u16>,
     /// Extra lines for the `[tls]` table (client CA settings).
     pub tls_extra: String,
+    /// Extra lines for the `[catalog]` table (whose `database` the harness sets).
+    pub catalog_extra: String,
+    /// An example directory to start with instead of the quickstart (see
+    /// [`example_dir`]): its `schema.sql` and `data.sql` are loaded, its `users.toml`
+    /// is the user store and its `portcullis.toml`'s `[policy]` section (with `dir`
+    /// pointing at the directory) is the policy.
+    pub example: Option<PathBuf>,
+    /// The policy directory; the example's (by default the quickstart's) when `None`.
+    pub policy_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for EnvOptions {
@@ -69,6 +78,9 @@ impl Default for EnvOptions {
             shutdown_grace_secs: 5,
             upstream_port_override: None,
             tls_extra: String::new(),
+            catalog_extra: String::new(),
+            example: None,
+            policy_dir: None,
         }
     }
 }
@@ -110,6 +122,13 @@ pub fn quickstart_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart")
 }
 
+/// The repository's `examples/<name>` (for [`EnvOptions::example`]).
+pub fn example_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name)
+}
+
 impl TestEnv {
     /// Database + quickstart data + proxy with default options.
     pub async fn start() -> Result<Self> {
@@ -122,12 +141,14 @@ impl TestEnv {
         let dir = tempfile::Builder::new()
             .prefix("portcullis-test-")
             .tempdir()?;
+        let example = opts.example.clone().unwrap_or_else(quickstart_dir);
+        let example_db = example.clone();
         let (backend, host, port, user, password, database) =
-            tokio::task::spawn_blocking(start_database).await??;
+            tokio::task::spawn_blocking(move || start_database(&example_db)).await??;
 
         let (cert_path, key_path) = portcullis::demo::write_self_signed(dir.path())?;
         let users_path = dir.path().join("users.toml");
-        std::fs::copy(quickstart_dir().join("users.toml"), &users_path)?;
+        std::fs::copy(example.join("users.toml"), &users_path)?;
         let expired = NewUser {
             name: EXPIRED.0,
             roles: &["dba".to_owned()],
@@ -139,11 +160,23 @@ impl TestEnv {
         let password_path = dir.path().join("upstream-password");
         std::fs::write(&password_path, &password)?;
 
-        let quickstart = std::fs::read_to_string(quickstart_dir().join("portcullis.toml"))?;
+        let quickstart = std::fs::read_to_string(example.join("portcullis.toml"))?;
         let policy = quickstart
             .find("[policy]")
             .map(|i| &quickstart[i..])
             .context("quickstart config has no [policy]")?;
+        // The policy directory is the quickstart's own, wherever this config is written.
+        let policy = policy.replace(
+            "dir = \".\"",
+            &format!(
+                "dir = {:?}",
+                opts.policy_dir
+                    .clone()
+                    .unwrap_or_else(|| example.clone())
+                    .display()
+                    .to_string()
+            ),
+        );
         let config_text = format!(
             r#"
 [listen]
@@ -171,6 +204,10 @@ address = "127.0.0.1:0"
 max_message_bytes = {max_msg}
 shutdown_grace_secs = {grace}
 
+[catalog]
+database = "{database}"
+{catalog_extra}
+
 {extra}
 
 {policy}
@@ -183,8 +220,10 @@ shutdown_grace_secs = {grace}
             pwfile = password_path.display(),
             max_msg = opts.max_message_bytes,
             grace = opts.shutdown_grace_secs,
+            database = database,
             extra = opts.extra_config,
             tls_extra = opts.tls_extra,
+            catalog_extra = opts.catalog_extra,
         );
         let config_path = dir.path().join("portcullis.toml");
         std::fs::write(&config_path, &config_text)?;
@@ -314,9 +353,9 @@ impl Drop for TestEnv {
 
 type Started = (Backend, String, u16, String, String, String);
 
-fn start_database() -> Result<Started> {
-    let schema = quickstart_dir().join("schema.sql");
-    let data = quickstart_dir().join("data.sql");
+fn start_database(example: &Path) -> Result<Started> {
+    let schema = example.join("schema.sql");
+    let data = example.join("data.sql");
     if let Ok(url) = std::env::var("PORTCULLIS_TEST_PG_URL") {
         let url = url.trim_end_matches('/').to_owned();
         let parsed = parse_url(&url)?;
@@ -354,7 +393,10 @@ fn start_database() -> Result<Started> {
     }
     let password = format!("pw{}", std::process::id());
     let cluster = Cluster::start(&ClusterOptions::new(password.clone()))?;
-    let database = "quickstart".to_owned();
+    let database = match example.file_name().and_then(|name| name.to_str()) {
+        Some(name) if example != quickstart_dir() => name.to_owned(),
+        _ => "quickstart".to_owned(),
+    };
     cluster.create_database(&database)?;
     cluster.psql_file(&database, &schema)?;
     cluster.psql_file(&database, &data)?;

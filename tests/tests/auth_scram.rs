@@ -65,6 +65,8 @@ async fn metrics(env: &TestEnv) -> String {
 
 /// A TCP listener standing in for the database: it counts connections and closes them.
 /// Started before the environment so that the proxy's upstream port can point at it.
+/// The proxy's own catalog connections (application_name `portcullis-catalog`, at start
+/// and on retries) are not counted: the tests count what client logins open.
 async fn counting_upstream() -> Result<(u16, Arc<AtomicUsize>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
@@ -72,11 +74,38 @@ async fn counting_upstream() -> Result<(u16, Arc<AtomicUsize>)> {
     let counter = Arc::clone(&count);
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            drop(tcp);
+            let counter = Arc::clone(&counter);
+            tokio::spawn(async move {
+                // Counted before the connection is closed, so before the proxy can
+                // report the failure to its client.
+                if !is_catalog_connection(tcp).await {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+            });
         }
     });
     Ok((port, count))
+}
+
+/// Reads the startup packet (the proxy sends it at once on a plaintext upstream) and
+/// tells whether it is the proxy's catalog connection.
+async fn is_catalog_connection(mut tcp: tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        let mut len = [0u8; 4];
+        tcp.read_exact(&mut len).await.ok()?;
+        let len = usize::try_from(i32::from_be_bytes(len))
+            .ok()?
+            .checked_sub(4)?;
+        let mut body = vec![0u8; len.min(64 * 1024)];
+        tcp.read_exact(&mut body).await.ok()?;
+        Some(body.windows(18).any(|w| w == b"portcullis-catalog"))
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(2), read)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }
 
 /// An environment whose upstream is a counting listener: any upstream connection the

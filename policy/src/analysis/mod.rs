@@ -102,6 +102,8 @@ pub(crate) struct AnalyzedStatement {
     pub(crate) kind: &'static str,
     /// Its classes, each with the first part of the statement that needs it.
     pub(crate) effects: Effects,
+    /// The relations, write targets and functions it references (identity-independent).
+    pub(crate) census: crate::rewrite::Census,
     /// Whether its classes may depend on literal values (see
     /// [`classify::Classified::depends_on_literals`]).
     pub(crate) depends_on_literals: bool,
@@ -219,13 +221,19 @@ fn outcome(sql: &str) -> Outcome {
 
     let mut analyzed = Vec::with_capacity(statements.len());
     let mut classes = ClassSet::EMPTY;
-    for statement in statements {
+    for mut statement in statements {
         let classified = match classify::classify(&statement) {
             Ok(classified) => classified,
             Err(unsupported) => return Outcome::Refused(Refusal::Unsupported(unsupported.0)),
         };
         classes = classes.union(classified.effects.classes());
+        let Ok(census) = crate::rewrite::Census::of(&mut statement) else {
+            return Outcome::Refused(Refusal::Unsupported(
+                "this statement: a relation in it cannot be identified",
+            ));
+        };
         analyzed.push(AnalyzedStatement {
+            census,
             ast: statement,
             kind: classified.kind,
             effects: classified.effects,

@@ -10,14 +10,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use lru::LruCache;
 use parking_lot::Mutex;
 
-use crate::analysis::{self, Analysis, ENTRY_OVERHEAD, Effect, Effects, Outcome, What};
+use crate::access::Access;
+use crate::analysis::{
+    self, Analysis, AnalyzedStatement, ENTRY_OVERHEAD, Effect, Effects, Outcome, What,
+};
+use crate::catalog::Catalog;
 use crate::class::ClassSet;
 use crate::config::DEFAULT_CACHE_MAX_BYTES;
 use crate::decision::{Decision, Denial, sqlstate};
+use crate::governance::Governance;
 use crate::identity::Identity;
 use crate::policy::Policy;
-use crate::shape::normalize;
-use template::{Sighting, Template};
+use crate::rewrite::{Census, Walker};
+use crate::shape::{Shape, normalize};
+use template::{Rewritten, Sighting, Template};
 
 /// Decides statements for all sessions of a proxy.
 ///
@@ -44,6 +50,83 @@ pub struct Engine {
     shape_hits: AtomicU64,
     shape_misses: AtomicU64,
     empty: Arc<str>,
+    no_catalog: Arc<Catalog>,
+    /// Per-identity accesses, by [`Access::key_of`].
+    accesses: Mutex<LruCache<u64, Arc<Access>>>,
+    /// Rewritten decisions by hash of (access key, text), holding the text to rule out
+    /// collisions.
+    rewrites: Mutex<LruCache<u64, (Box<str>, Decision)>>,
+    rewrite_hits: AtomicU64,
+    /// Per (identity access, shape): the shape's rewritten template, or `None` when it
+    /// cannot have one; holding the shape's cache key to rule out collisions.
+    rewritten_shapes: Mutex<LruCache<u64, RewrittenShape>>,
+}
+
+/// A shape's cache key and its rewritten template for one identity (or `None`).
+type RewrittenShape = (Box<str>, Option<Arc<Rewritten>>);
+
+/// What a relation-level decision can rewrite from.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// The text's own analysed statements.
+    Statements(&'a [AnalyzedStatement]),
+    /// The text was decided from its shape's template (no trees at hand).
+    Shape(&'a Shape, &'a str),
+}
+
+/// The key of a remembered decision: the identity's access key and the text.
+fn decision_key(access: u64, sql: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    access.hash(&mut hasher);
+    sql.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// How many identities' accesses the engine keeps.
+const ACCESS_CACHE_ENTRIES: usize = 1024;
+
+/// Rewrites `statements` for `access`: the decision forwarding the rewritten text, or
+/// the first denial.
+///
+/// The forwarded text must mean the rewritten trees. Where the rewrite only replaced
+/// table references by derived tables, that holds by construction: the statement's own
+/// text was proven to parse back to its tree, each derived table's query was proven to
+/// parse back to itself when its view was built, and a derived table prints as
+/// `(query) alias`, so the parts print as they parse. Writes are rebuilt in more places
+/// (predicates, casts, checks), so their whole text is parsed back and compared.
+fn rewrite(access: &Access, statements: &[AnalyzedStatement], classes: ClassSet) -> Decision {
+    let mut rewritten = Vec::with_capacity(statements.len());
+    let mut resolver = access.resolver();
+    let mut constrained = false;
+    for statement in statements {
+        let mut ast = statement.ast.clone();
+        let mut walker = Walker::new(&mut resolver);
+        if let Err(denial) = walker.walk(&mut ast) {
+            return Decision::Deny(denial);
+        }
+        constrained |= walker.constrained;
+        rewritten.push(ast);
+    }
+    let text = rewritten
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    let faithful = !constrained || analysis::parse(&text).is_ok_and(|again| again == rewritten);
+    if !faithful {
+        return deny(
+            sqlstate::SYNTAX_ERROR,
+            "portcullis: statement refused because its rewritten form does not parse back to the same statement; rule: rewrite".to_string(),
+            "rewrite",
+        );
+    }
+    Decision::Allow {
+        sql: Arc::from(text),
+        classes,
+        passthrough: false,
+        rewritten: true,
+    }
 }
 
 /// A bounded LRU map from text to `V`, bounded in entries and in estimated bytes.
@@ -94,8 +177,9 @@ impl Weighted for ShapeEntry {
 enum Found {
     /// The full analysis of the text (cached or fresh).
     Analysis(Arc<Analysis>),
-    /// A template for the text's shape, and the text it forwards for this instance.
-    Template(Arc<Template>, Arc<str>),
+    /// A template for the text's shape, the text it forwards for this instance, and
+    /// the shape (with its cache key).
+    Template(Arc<Template>, Arc<str>, Shape, String),
 }
 
 impl Engine {
@@ -120,6 +204,17 @@ impl Engine {
             shape_hits: AtomicU64::new(0),
             shape_misses: AtomicU64::new(0),
             empty: Arc::from(""),
+            no_catalog: Arc::new(Catalog::default()),
+            accesses: Mutex::new(LruCache::new(
+                NonZeroUsize::new(ACCESS_CACHE_ENTRIES).unwrap_or(NonZeroUsize::MIN),
+            )),
+            rewrites: Mutex::new(LruCache::new(
+                NonZeroUsize::new(cache_entries).unwrap_or(NonZeroUsize::MIN),
+            )),
+            rewrite_hits: AtomicU64::new(0),
+            rewritten_shapes: Mutex::new(LruCache::new(
+                NonZeroUsize::new(cache_entries).unwrap_or(NonZeroUsize::MIN),
+            )),
         }
     }
 
@@ -138,6 +233,21 @@ impl Engine {
     /// A text whose shape has a template is decided from it, with the same decision
     /// and forwarded text as the full analysis (the crate docs say why).
     pub fn check(&self, policy: &Policy, identity: &Identity, sql: &str) -> Decision {
+        self.decide(policy, &self.no_catalog, identity, sql)
+    }
+
+    /// [`Engine::check`] against a catalog snapshot: with a relation-level policy
+    /// ([`Policy::governance`]), a statement the class grants allow must also pass the
+    /// table and function grants, and is rewritten by relation substitution where the
+    /// identity has row filters or masks (see the `rewrite` module). Rewritten texts
+    /// are cached per (text, policy version, catalog generation, identity).
+    pub fn decide(
+        &self,
+        policy: &Policy,
+        catalog: &Arc<Catalog>,
+        identity: &Identity,
+        sql: &str,
+    ) -> Decision {
         if policy.is_deny_all() {
             return deny(
                 sqlstate::INSUFFICIENT_PRIVILEGE,
@@ -157,6 +267,9 @@ impl Engine {
             );
         }
 
+        if let Some(decided) = self.remembered(policy, catalog, identity, sql) {
+            return decided;
+        }
         let grant = Grant::of(policy, identity);
         let passthrough = policy.is_passthrough_user(&identity.user);
         if grant.roles.is_empty() && !passthrough {
@@ -165,8 +278,8 @@ impl Engine {
 
         let analysis = match self.lookup(sql) {
             Found::Analysis(analysis) => analysis,
-            Found::Template(template, forwarded) => {
-                return decide(
+            Found::Template(template, forwarded, shape, shape_key) => {
+                let decision = decide(
                     &grant,
                     identity,
                     template.classes,
@@ -176,6 +289,16 @@ impl Engine {
                         .map(|(kind, effects)| (*kind, effects)),
                     forwarded,
                 );
+                let censuses: Vec<&Census> = template.censuses.iter().collect();
+                return self.govern(
+                    policy,
+                    catalog,
+                    identity,
+                    sql,
+                    decision,
+                    &censuses,
+                    Source::Shape(&shape, &shape_key),
+                );
             }
         };
         match &analysis.outcome {
@@ -183,11 +306,13 @@ impl Engine {
                 sql: Arc::clone(&self.empty),
                 classes: ClassSet::EMPTY,
                 passthrough: false,
+                rewritten: false,
             },
             Outcome::Refused(_) if passthrough => Decision::Allow {
                 sql: Arc::from(sql),
                 classes: ClassSet::EMPTY,
                 passthrough: true,
+                rewritten: false,
             },
             Outcome::Refused(refusal) => deny(
                 refusal.sqlstate(),
@@ -198,16 +323,178 @@ impl Engine {
                 statements,
                 sql: forwarded,
                 classes,
-            } => decide(
-                &grant,
-                identity,
-                *classes,
-                statements
-                    .iter()
-                    .map(|statement| (statement.kind, &statement.effects)),
-                Arc::clone(forwarded),
-            ),
+            } => {
+                let decision = decide(
+                    &grant,
+                    identity,
+                    *classes,
+                    statements
+                        .iter()
+                        .map(|statement| (statement.kind, &statement.effects)),
+                    Arc::clone(forwarded),
+                );
+                let censuses: Vec<&Census> = statements.iter().map(|s| &s.census).collect();
+                let statements = Source::Statements(statements);
+                self.govern(
+                    policy, catalog, identity, sql, decision, &censuses, statements,
+                )
+            }
         }
+    }
+
+    /// The relation-level decision on top of an allowed class-level one.
+    #[allow(clippy::too_many_arguments)]
+    fn govern(
+        &self,
+        policy: &Policy,
+        catalog: &Arc<Catalog>,
+        identity: &Identity,
+        sql: &str,
+        decision: Decision,
+        censuses: &[&Census],
+        source: Source<'_>,
+    ) -> Decision {
+        let (Decision::Allow { classes, .. }, Some(governance)) = (&decision, policy.governance())
+        else {
+            return decision;
+        };
+        let classes = *classes;
+        let access = self.access(policy, governance, catalog, identity);
+        let key = decision_key(access.key, sql);
+        // Texts decided from a shape's template are not remembered (as in the exact
+        // cache): their literals make nearly every one new.
+        let remember = |decided: Decision| {
+            if let Source::Statements(_) = source {
+                self.rewrites
+                    .lock()
+                    .put(key, (Box::from(sql), decided.clone()));
+            }
+            decided
+        };
+        let mut open = true;
+        for census in censuses {
+            match access.open(census) {
+                Ok(census_open) => open &= census_open,
+                Err(denial) => return remember(Decision::Deny(denial)),
+            }
+        }
+        if open {
+            return remember(decision);
+        }
+        let statements = match source {
+            Source::Statements(statements) => statements,
+            Source::Shape(shape, shape_key) => {
+                return self.rewrite_shape(&access, sql, shape, shape_key, classes);
+            }
+        };
+        let decided = rewrite(&access, statements, classes);
+        self.rewrites
+            .lock()
+            .put(key, (Box::from(sql), decided.clone()));
+        decided
+    }
+
+    /// The rewrite of a text decided from its shape's template: from the shape's
+    /// rewritten template for this identity when there is one (learnt on the shape's
+    /// first text for the identity, see [`Rewritten`]), else in full.
+    fn rewrite_shape(
+        &self,
+        access: &Access,
+        sql: &str,
+        shape: &Shape,
+        shape_key: &str,
+        classes: ClassSet,
+    ) -> Decision {
+        let key = decision_key(access.key, shape_key);
+        let known = match self.rewritten_shapes.lock().get(&key) {
+            Some((stored, rewritten)) if **stored == *shape_key => Some(rewritten.clone()),
+            _ => None,
+        };
+        if let Some(Some(rewritten)) = &known {
+            if let Some(text) = rewritten.instantiate(sql, &shape.literals) {
+                self.rewrite_hits.fetch_add(1, Ordering::Relaxed);
+                return Decision::Allow {
+                    sql: Arc::from(text),
+                    classes,
+                    passthrough: false,
+                    rewritten: true,
+                };
+            }
+        }
+        let full = analysis::analyze(sql);
+        let Outcome::Statements { statements, .. } = &full.outcome else {
+            return deny(
+                sqlstate::SYNTAX_ERROR,
+                "portcullis: statement refused because its shape and its text disagree; rule: rewrite".to_string(),
+                "rewrite",
+            );
+        };
+        let decided = rewrite(access, statements, classes);
+        if known.is_none() {
+            let learnt = match (&decided, &analysis::analyze(&shape.key).outcome) {
+                (
+                    Decision::Allow { sql: forwarded, .. },
+                    Outcome::Statements {
+                        statements: key_statements,
+                        ..
+                    },
+                ) => match rewrite(access, key_statements, classes) {
+                    Decision::Allow {
+                        sql: key_forwarded, ..
+                    } => Rewritten::learn(&key_forwarded, sql, &shape.literals, forwarded)
+                        .map(Arc::new),
+                    Decision::Deny(_) => None,
+                },
+                _ => None,
+            };
+            self.rewritten_shapes
+                .lock()
+                .put(key, (Box::from(shape_key), learnt));
+        }
+        decided
+    }
+
+    /// The remembered relation-level decision for `sql`, if any.
+    fn remembered(
+        &self,
+        policy: &Policy,
+        catalog: &Catalog,
+        identity: &Identity,
+        sql: &str,
+    ) -> Option<Decision> {
+        policy.governance()?;
+        let key = decision_key(Access::key_of(policy.version(), catalog, identity), sql);
+        let mut decisions = self.rewrites.lock();
+        match decisions.get(&key) {
+            Some((text, decided)) if **text == *sql => {
+                self.rewrite_hits.fetch_add(1, Ordering::Relaxed);
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                Some(decided.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// The identity's access under `policy` and `catalog`, cached.
+    fn access(
+        &self,
+        policy: &Policy,
+        governance: &Arc<Governance>,
+        catalog: &Arc<Catalog>,
+        identity: &Identity,
+    ) -> Arc<Access> {
+        let key = Access::key_of(policy.version(), catalog, identity);
+        if let Some(access) = self.accesses.lock().get(&key) {
+            return Arc::clone(access);
+        }
+        let access = Arc::new(Access::new(
+            key,
+            Arc::clone(governance),
+            Arc::clone(catalog),
+            identity,
+        ));
+        self.accesses.lock().put(key, Arc::clone(&access));
+        access
     }
 
     /// `(hits, misses)` of the caches since the engine was created: a text decided from
@@ -232,6 +519,13 @@ impl Engine {
             self.shape_hits.load(Ordering::Relaxed),
             self.shape_misses.load(Ordering::Relaxed),
         )
+    }
+
+    /// How many relation-level decisions were answered without rewriting: remembered
+    /// decisions of repeated texts, and texts rewritten from their shape's rewritten
+    /// template.
+    pub fn rewrite_cache_hits(&self) -> u64 {
+        self.rewrite_hits.load(Ordering::Relaxed)
     }
 
     /// How many statement texts the exact-text cache holds now.
@@ -270,7 +564,7 @@ impl Engine {
                 if let Some(forwarded) = template.instantiate(sql, &shape.literals) {
                     self.shape_hits.fetch_add(1, Ordering::Relaxed);
                     self.hits.fetch_add(1, Ordering::Relaxed);
-                    return Found::Template(template, Arc::from(forwarded));
+                    return Found::Template(template, Arc::from(forwarded), shape, key);
                 }
                 self.shape_misses.fetch_add(1, Ordering::Relaxed);
                 Found::Analysis(self.analyze(sql))
@@ -292,10 +586,10 @@ impl Engine {
                 match learnt {
                     Some((template, forwarded)) => {
                         self.shapes.lock().insert(
-                            key.into_boxed_str(),
+                            key.clone().into_boxed_str(),
                             ShapeEntry::Template(Arc::clone(&template)),
                         );
-                        Found::Template(template, Arc::from(forwarded))
+                        Found::Template(template, Arc::from(forwarded), shape, key)
                     }
                     None => {
                         let rejected = rejected(&key);
@@ -447,6 +741,7 @@ fn decide<'a>(
             sql: forwarded,
             classes,
             passthrough: false,
+            rewritten: false,
         };
     }
     if grant.roles.is_empty() {

@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use crate::analysis::{ENTRY_OVERHEAD, Effects, Outcome};
 use crate::class::ClassSet;
+use crate::rewrite::Census;
 use crate::shape::Shape;
 
 /// One piece of a template's forwarded text.
@@ -47,6 +48,7 @@ pub(crate) struct Sighting {
     forwarded: Arc<str>,
     classes: ClassSet,
     statements: Box<[(&'static str, Effects)]>,
+    censuses: Box<[Census]>,
     /// Estimated memory held by this sighting and its cache key.
     pub(crate) weight: usize,
 }
@@ -85,11 +87,13 @@ impl Sighting {
                 .iter()
                 .map(|statement| (statement.kind, statement.effects.clone()))
                 .collect(),
+            censuses: statements.iter().map(|s| s.census.clone()).collect(),
             weight: ENTRY_OVERHEAD
                 .saturating_add(key_bytes)
                 .saturating_add(sql.len())
                 .saturating_add(forwarded.len())
-                .saturating_add(statements.len().saturating_mul(64)),
+                .saturating_add(statements.len().saturating_mul(64))
+                .saturating_add(statements.iter().map(|s| s.census.weight()).sum::<usize>()),
         })
     }
 }
@@ -103,6 +107,8 @@ pub(crate) struct Template {
     pub(crate) classes: ClassSet,
     /// Each statement's kind and effects, in order, for denial messages.
     pub(crate) statements: Box<[(&'static str, Effects)]>,
+    /// Each statement's references, for the relation-level policy.
+    pub(crate) censuses: Box<[Census]>,
     /// Estimated memory held by this template and its cache key.
     pub(crate) weight: usize,
 }
@@ -128,7 +134,12 @@ impl Template {
                 .zip(key_statements)
                 .all(|((kind, effects), key)| {
                     !key.depends_on_literals && *kind == key.kind && *effects == key.effects
-                });
+                })
+            && sighting
+                .censuses
+                .iter()
+                .zip(key_statements)
+                .all(|(census, key)| *census == key.census);
         if !same_decision {
             return None;
         }
@@ -144,10 +155,12 @@ impl Template {
             segments: segments.into_boxed_slice(),
             classes: sighting.classes,
             statements: sighting.statements.clone(),
+            censuses: sighting.censuses.clone(),
             weight: ENTRY_OVERHEAD
                 .saturating_add(key_bytes)
                 .saturating_add(fixed)
-                .saturating_add(sighting.statements.len().saturating_mul(64)),
+                .saturating_add(sighting.statements.len().saturating_mul(64))
+                .saturating_add(sighting.censuses.iter().map(Census::weight).sum::<usize>()),
         };
         // The proof that the placeholders sit where the literals sit in the forwarded
         // text, for the sighted instance; the crate docs say why it carries over.
@@ -159,15 +172,57 @@ impl Template {
     /// the segments with each literal copied from `sql`. `None` if a literal is missing
     /// (never for a shape with this template's cache key).
     pub(crate) fn instantiate(&self, sql: &str, literals: &[Range<usize>]) -> Option<String> {
+        instantiate(&self.segments, sql, literals)
+    }
+}
+
+/// A shape's forwarded text as rewritten for one identity, cut at its parameters.
+///
+/// Why it is safe, given a shape's [`Template`]: the rewrite, like the classification,
+/// looks at relation and column names and at the statement's structure, never at a
+/// literal's value; it turns the shape's key (parameters where the literals are) into a
+/// text holding each parameter once exactly where the rewrite of an instance holds that
+/// instance's literal tokens. That is proven once per (shape, identity) on a fully
+/// rewritten instance, as for the template itself; texts where a parameter ends up
+/// twice or not at all (an UPDATE moving a row-filter column uses its value twice) get
+/// no rewritten template and take the full rewrite.
+#[derive(Debug)]
+pub(crate) struct Rewritten {
+    segments: Box<[Segment]>,
+}
+
+impl Rewritten {
+    /// The rewritten template from the rewrite of the shape's key (`key_forwarded`),
+    /// if instantiating it for the instance `sql` (literals at `literals`) gives exactly
+    /// that instance's full rewrite `forwarded`.
+    pub(crate) fn learn(
+        key_forwarded: &str,
+        sql: &str,
+        literals: &[Range<usize>],
+        forwarded: &str,
+    ) -> Option<Rewritten> {
+        let segments = split(key_forwarded, literals.len())?.into_boxed_slice();
+        (instantiate(&segments, sql, literals)? == forwarded).then_some(Rewritten { segments })
+    }
+
+    /// The rewritten text for the instance `sql`.
+    pub(crate) fn instantiate(&self, sql: &str, literals: &[Range<usize>]) -> Option<String> {
+        instantiate(&self.segments, sql, literals)
+    }
+}
+
+/// `segments` with each literal copied from `sql`; `None` if one is missing.
+fn instantiate(segments: &[Segment], sql: &str, literals: &[Range<usize>]) -> Option<String> {
+    {
         let mut length = 0;
-        for segment in &self.segments {
+        for segment in segments {
             length += match segment {
                 Segment::Text(text) => text.len(),
                 Segment::Literal(index) => literals.get(*index)?.len(),
             };
         }
         let mut text = String::with_capacity(length);
-        for segment in &self.segments {
+        for segment in segments {
             match segment {
                 Segment::Text(fixed) => text.push_str(fixed),
                 Segment::Literal(index) => text.push_str(sql.get(literals.get(*index)?.clone())?),

@@ -58,6 +58,7 @@ fn allows_and_forwards_the_re_serialized_text() -> Result<(), String> {
             sql: Arc::from("SELECT * FROM t WHERE a = 1"),
             classes: ClassSet::only(StatementClass::Read),
             passthrough: false,
+            rewritten: false,
         }
     );
     Ok(())
@@ -221,6 +222,7 @@ fn empty_and_comment_only_texts_are_allowed_as_empty_queries() -> Result<(), Str
                 sql: Arc::from(""),
                 classes: ClassSet::EMPTY,
                 passthrough: false,
+                rewritten: false,
             },
             "{sql:?}"
         );
@@ -302,6 +304,7 @@ fn passthrough_users_forward_unparsable_text_verbatim() -> Result<(), String> {
             sql: Arc::from(text),
             classes: ClassSet::EMPTY,
             passthrough: true,
+            rewritten: false,
         }
     );
     let copy_with_data = "COPY t FROM STDIN;\n1\n\\.\n";

@@ -47,6 +47,14 @@ fn inspected(tag: u8) -> bool {
     matches!(tag, b'Z' | b'E' | b'C' | b'N' | b'S' | b'A')
 }
 
+/// The command tag of a complete CommandComplete message (`raw` with its type byte and
+/// length), without the terminating NUL: `INSERT 0 3`, `CREATE TABLE`. Empty when the
+/// message is too short to hold one.
+pub fn command_tag(raw: &[u8]) -> &[u8] {
+    let body = raw.get(5..).unwrap_or_default();
+    body.strip_suffix(&[0]).unwrap_or(body)
+}
+
 impl BackendScanner {
     /// Splits what is buffered in `buf` into pieces; incomplete inspected messages
     /// stay in `buf` until more bytes arrive.
@@ -164,6 +172,13 @@ mod tests {
         scanner.scan(&mut buf, &mut out).expect("valid");
         assert!(buf.is_empty(), "partial row forwarded, not held");
         assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn command_tag_strips_header_and_terminator() {
+        assert_eq!(command_tag(&msg(b'C', b"CREATE TABLE\0")), b"CREATE TABLE");
+        assert_eq!(command_tag(&msg(b'C', b"")), b"");
+        assert_eq!(command_tag(&[b'C', 0]), b"");
     }
 
     #[test]

@@ -155,7 +155,19 @@ pub async fn authenticate(
     client.write_all(&out).await?;
 
     let mut attributes: BTreeMap<String, String> = record.attributes.clone();
+    // Built-in attributes are the proxy's own observations; they override any
+    // attribute of the same name in the user store.
     attributes.insert("client_addr".into(), peer.ip().to_string());
+    if let Some(database) = params.params.get("database") {
+        attributes.insert("database".into(), database.clone());
+    }
+    // Time-of-day attributes are taken at login (UTC) and hold for the session.
+    let now = time::OffsetDateTime::now_utc();
+    attributes.insert("hour".into(), now.hour().to_string());
+    attributes.insert(
+        "weekday".into(),
+        now.weekday().number_from_monday().to_string(),
+    );
     if let Some(app) = params.params.get("application_name") {
         attributes.insert("application_name".into(), app.clone());
     }

@@ -2,12 +2,14 @@
 //!
 //! [`run`] is the whole life in order: negotiate TLS and read the startup packet,
 //! authenticate the client against the proxy's user store, open the upstream session,
-//! greet the client, then relay until either side ends. Each step is a function in
+//! apply native row-level-security settings to it, greet the client, then relay until
+//! either side ends. Each step is a function in
 //! this module's children.
 
 mod audit;
 mod auth;
 mod handshake;
+mod native;
 mod relay;
 mod startup;
 
@@ -134,7 +136,12 @@ async fn establish_and_relay(
         Ok(u) => u,
         Err(e) => return (Some(client), Err(e)),
     };
-    let (upstream, cancel_target) = upstream;
+    let (mut upstream, cancel_target) = upstream;
+    // Before the client's first statement: the settings the database's own row-level
+    // security reads for this identity.
+    if let Err(e) = native::apply(shared, &identity.identity, &mut upstream).await {
+        return (Some(client), Err(e));
+    }
     let registration = shared.cancels.register(cancel_target.clone());
     info!(upstream_pid = upstream.backend_key.0, "session established");
 

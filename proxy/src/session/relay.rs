@@ -31,7 +31,7 @@ use super::auth::Authenticated;
 use crate::pg::error::field;
 use crate::pg::error::sqlstate;
 use crate::pg::messages::{self, DecodeError};
-use crate::pg::scan::{BackendScanner, Piece};
+use crate::pg::scan::{BackendScanner, Piece, command_tag};
 use crate::pg::{Framer, PgError, RawMessage};
 use crate::server::Shared;
 use crate::stream::Stream;
@@ -150,6 +150,7 @@ pub async fn relay(
         out: BytesMut::with_capacity(UPSTREAM_READ),
         pieces: Vec::new(),
         auditor: shared.audit.clone(),
+        schema_changed: false,
     };
     let end = tokio::select! {
         r = front.run(&mut client_rd, &mut up_wr) => r,
@@ -372,14 +373,22 @@ impl Frontend<'_> {
                 }
             }
         }
-        match self.shared.engine.check(&policy, self.identity, sql) {
+        let catalog = self.shared.catalog.load();
+        match self
+            .shared
+            .engine
+            .decide(&policy, &catalog, self.identity, sql)
+        {
             Decision::Allow {
                 sql: forward,
                 passthrough,
                 classes,
+                rewritten,
             } => {
                 self.shared.metrics.statement(if passthrough {
                     "passthrough"
+                } else if rewritten {
+                    "rewritten"
                 } else {
                     "allowed"
                 });
@@ -387,9 +396,16 @@ impl Frontend<'_> {
                     self.state.lock().open_rewritten = true;
                 }
                 let stmt = auditing.then(|| {
-                    let decision = DecisionInfo::new(Outcome::Allowed)
+                    let outcome = if rewritten {
+                        Outcome::Rewritten
+                    } else {
+                        Outcome::Allowed
+                    };
+                    let decision = DecisionInfo::new(outcome)
                         .with_rule(if passthrough {
                             "unparsed_passthrough"
+                        } else if rewritten {
+                            "rewrite"
                         } else {
                             "allow"
                         })
@@ -512,6 +528,9 @@ struct Backend<'a> {
     buf: BytesMut,
     out: BytesMut,
     pieces: Vec<Piece>,
+    /// A statement completed with a schema-changing tag; the catalog is refreshed once
+    /// the session is outside a transaction, when the change is committed and visible.
+    schema_changed: bool,
 }
 
 impl Backend<'_> {
@@ -566,6 +585,7 @@ impl Backend<'_> {
                     }
                     Piece::Message { tag: b'N', raw } => self.forward_report(raw),
                     Piece::Message { tag: b'C', raw } => {
+                        self.schema_changed |= crate::catalog::changes_schema(command_tag(&raw));
                         if self.auditor.is_some() {
                             self.record_rows(&raw);
                         }
@@ -581,6 +601,10 @@ impl Backend<'_> {
                     }
                     Piece::Message { tag: b'Z', raw } => {
                         let status = raw.get(5).copied().unwrap_or(b'I');
+                        if self.schema_changed && status == b'I' {
+                            self.schema_changed = false;
+                            self.shared.catalog_refresher.request_refresh();
+                        }
                         let mut st = self.state.lock();
                         let done = st.batches_done;
                         while st.denials.front().is_some_and(|d| d.batch <= done) {

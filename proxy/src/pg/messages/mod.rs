@@ -1,4 +1,5 @@
-//! Strict decoders for the frontend messages whose bodies the proxy reads.
+//! Strict decoders for the frontend messages whose bodies the proxy reads, and for the
+//! backend result messages (RowDescription, DataRow) its own catalog queries read.
 //!
 //! pgwire's decoders trust the peer (they read past the end of a short body and replace
 //! invalid UTF-8), which is fine for a server library talking to well-behaved clients but
@@ -8,8 +9,10 @@
 //! pgwire's message types.
 
 pub mod bind;
+pub mod data_row;
 pub mod parse;
 pub mod query;
+pub mod row_description;
 pub mod sasl;
 
 /// Why a message body was refused.

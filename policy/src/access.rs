@@ -1,0 +1,600 @@
+//! One identity's view of the governed database under one policy and one catalog:
+//! casbin grants (memoized), and per relation whether it is read as is or through a
+//! derived table with the identity's row filter and masks.
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use sqlparser::ast::{Query, Statement};
+
+use crate::catalog::{Catalog, GOVERNED_SYSTEM_RELATIONS, Relation};
+use crate::decision::{Denial, sqlstate};
+use crate::governance::Governance;
+use crate::governance::enforcer::{Subject, Value};
+use crate::governance::mask::Mask;
+use crate::governance::native::Protected;
+use crate::identity::Identity;
+use crate::rewrite::write::quoted;
+use crate::rewrite::{Act, Census, Read, Resolve, TargetRule};
+
+/// How one relation looks to the identity.
+#[derive(Debug, Clone)]
+enum View {
+    /// Read it as it is.
+    Open,
+    /// Read it through this derived table.
+    Derived {
+        query: Box<Query>,
+        filter: Option<String>,
+        filter_columns: Vec<String>,
+        masked: Vec<String>,
+        rule: String,
+    },
+}
+
+/// A relation's view for the identity, or why it has none (remembered either way).
+type ViewResult = Result<Arc<View>, Denial>;
+
+/// A write target's relation and view.
+type Target = (Arc<Relation>, Arc<View>);
+
+/// See the module docs. Built per (policy version, catalog generation, identity) and
+/// cached by the engine.
+pub(crate) struct Access {
+    pub(crate) key: u64,
+    governance: Arc<Governance>,
+    catalog: Arc<Catalog>,
+    identity: Identity,
+    /// The user and its assigned roles: the casbin principals checked.
+    principals: Vec<String>,
+    /// Principals plus every role inherited through `g` lines.
+    effective: BTreeSet<String>,
+    /// Settings the proxy sets for the identity's native row-level security, which
+    /// its statements may not change.
+    protected: Vec<Protected>,
+    /// By the relation's address in `catalog` (which this access keeps alive) and act.
+    grants: Mutex<HashMap<(usize, Act), bool>>,
+    wildcard: Mutex<HashMap<(String, &'static str), bool>>,
+    functions: Mutex<HashMap<String, bool>>,
+    /// By the relation's address in `catalog` and `ONLY`.
+    views: Mutex<HashMap<(usize, bool), ViewResult>>,
+}
+
+fn deny(message: String, rule: &str) -> Denial {
+    Denial {
+        sqlstate: sqlstate::INSUFFICIENT_PRIVILEGE,
+        message: format!("portcullis: permission denied: {message}; rule: {rule}"),
+        rule: rule.to_string(),
+    }
+}
+
+impl Access {
+    /// The key an identity's access is cached under.
+    pub(crate) fn key_of(version: &str, catalog: &Catalog, identity: &Identity) -> u64 {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        version.hash(&mut hasher);
+        catalog.generation().hash(&mut hasher);
+        identity.user.hash(&mut hasher);
+        identity.roles.hash(&mut hasher);
+        identity.attributes.hash(&mut hasher);
+        hasher.finish()
+    }
+
+    pub(crate) fn new(
+        key: u64,
+        governance: Arc<Governance>,
+        catalog: Arc<Catalog>,
+        identity: &Identity,
+    ) -> Access {
+        let mut principals = vec![identity.user.clone()];
+        principals.extend(identity.roles.iter().cloned());
+        let effective = governance.effective_roles(identity);
+        let protected = governance.protected_settings(&effective);
+        Access {
+            key,
+            governance,
+            catalog,
+            identity: identity.clone(),
+            principals,
+            effective,
+            protected,
+            grants: Mutex::new(HashMap::new()),
+            wildcard: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
+            views: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn roles_text(&self) -> String {
+        let roles: Vec<&str> = self.identity.roles.iter().map(String::as_str).collect();
+        if roles.is_empty() {
+            format!("user {}", self.identity.user)
+        } else {
+            format!("role(s) {}", roles.join(", "))
+        }
+    }
+
+    fn applies(&self, roles: &[String]) -> bool {
+        roles.iter().any(|role| self.effective.contains(role))
+    }
+
+    /// Whether any principal of the identity is granted `act` on `object`.
+    fn enforce(&self, object: &str, act: &str) -> Result<bool, Denial> {
+        let attributes = self
+            .governance
+            .attributes
+            .iter()
+            .filter_map(|(name, kind)| {
+                let text = if name == "user" {
+                    Some(self.identity.user.as_str())
+                } else {
+                    self.identity.attributes.get(name).map(String::as_str)
+                };
+                text.and_then(|text| Value::typed(text, *kind))
+                    .map(|value| (name.as_str(), value))
+            })
+            .collect::<std::collections::BTreeMap<_, _>>();
+        let mut subject = Subject {
+            name: "",
+            user: &self.identity.user,
+            attributes,
+        };
+        for principal in &self.principals {
+            subject.name = principal;
+            match self.governance.enforcer.enforce(&subject, object, act) {
+                Ok(true) => return Ok(true),
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(%object, act, %error, "casbin evaluation failed; denying");
+                    return Err(deny(
+                        format!("the policy could not be evaluated for {object}"),
+                        "policy.csv",
+                    ));
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    fn granted(&self, relation: &Arc<Relation>, act: Act) -> Result<(), Denial> {
+        let key = (Arc::as_ptr(relation) as usize, act);
+        if let Some(granted) = self.grants.lock().get(&key).copied() {
+            return if granted {
+                Ok(())
+            } else {
+                Err(self.not_granted(relation, act))
+            };
+        }
+        let granted = self.enforce(&format!("table:{}", relation.qualified()), act.as_str())?;
+        self.grants.lock().insert(key, granted);
+        if granted {
+            Ok(())
+        } else {
+            Err(self.not_granted(relation, act))
+        }
+    }
+
+    /// Whether the identity is granted `act` on every object (a `*` object in
+    /// policy.csv): such an identity may also use relations and functions the catalog
+    /// snapshot does not know yet (just created, before the refresh), since nothing
+    /// could restrict them.
+    fn unrestricted(&self, act: &'static str) -> Result<bool, Denial> {
+        let key = ("*".to_string(), act);
+        if let Some(granted) = self.wildcard.lock().get(&key).copied() {
+            return Ok(granted);
+        }
+        let granted = self.enforce("*", act)?;
+        self.wildcard.lock().insert(key, granted);
+        Ok(granted)
+    }
+
+    fn not_granted(&self, relation: &Relation, act: Act) -> Denial {
+        let verb = match act {
+            Act::Select => "select from",
+            Act::Insert => "insert into",
+            Act::Update => "update",
+            Act::Delete => "delete from",
+            Act::Alter => "change or lock",
+        };
+        deny(
+            format!(
+                "{} may not {verb} {}",
+                self.roles_text(),
+                relation.qualified()
+            ),
+            "policy.csv",
+        )
+    }
+
+    fn resolve(&self, parts: &[String]) -> Result<Arc<Relation>, Denial> {
+        self.catalog
+            .resolve(parts, &self.governance.search_path)
+            .cloned()
+            .ok_or_else(|| {
+                deny(
+                    format!(
+                        "relation {} is not known to the policy (unknown relations are refused)",
+                        parts.join(".")
+                    ),
+                    "catalog",
+                )
+            })
+    }
+
+    /// Whether the relation is governed at all: user relations and the system
+    /// relations that expose data; the rest of the system catalog is open.
+    fn governed(relation: &Relation) -> bool {
+        !relation.is_system() || GOVERNED_SYSTEM_RELATIONS.contains(&relation.name.as_str())
+    }
+
+    fn native(&self, relation: &Relation) -> bool {
+        self.governance.native.iter().any(|rule| {
+            rule.schema == relation.schema
+                && rule.table == relation.name
+                && self.applies(&rule.roles)
+        })
+    }
+
+    fn view(&self, relation: &Arc<Relation>, only: bool) -> Result<Arc<View>, Denial> {
+        let key = (Arc::as_ptr(relation) as usize, only);
+        if let Some(view) = self.views.lock().get(&key) {
+            return view.clone();
+        }
+        let view = self.build_view(relation, only).map(Arc::new);
+        self.views.lock().insert(key, view.clone());
+        view
+    }
+
+    fn build_view(&self, relation: &Relation, only: bool) -> Result<View, Denial> {
+        // Under native row-level security the database filters the rows; masks are
+        // still applied here, by substitution.
+        let native = self.native(relation);
+        let mut rules = Vec::new();
+        // Row filters of every role the identity holds, ORed.
+        let mut filters = Vec::new();
+        let mut missing: Option<(String, usize)> = None;
+        let mut filter_columns = BTreeSet::new();
+        for rule in self.governance.filters.iter().filter(|_| !native) {
+            if rule.schema == relation.schema
+                && rule.table == relation.name
+                && self.applies(&rule.roles)
+            {
+                // A filter whose attribute the user lacks grants no rows; the others
+                // still apply (a user with several roles sees the union). Only when no
+                // filter can be rendered at all is the read refused, so the user learns
+                // which attribute is missing.
+                let sql = match rule.filter.render(&self.identity) {
+                    Ok(sql) => sql,
+                    Err(attribute) => {
+                        missing.get_or_insert((attribute, rule.line));
+                        continue;
+                    }
+                };
+                filters.push(format!("({sql})"));
+                filter_columns.extend(rule.columns.iter().cloned());
+                rules.push(format!("rules.toml:{}", rule.line));
+            }
+        }
+        if let (true, Some((attribute, line))) = (filters.is_empty(), missing) {
+            return Err(deny(
+                format!(
+                    "the row filter on {} needs attribute {attribute}, which user {} does not have",
+                    relation.qualified(),
+                    self.identity.user
+                ),
+                &format!("rules.toml:{line}"),
+            ));
+        }
+        let mut items = Vec::with_capacity(relation.columns.len());
+        let mut masked = Vec::new();
+        for column in &relation.columns {
+            let Some(class) =
+                self.governance
+                    .class_of(&relation.schema, &relation.name, &column.name)
+            else {
+                items.push(quoted(&column.name));
+                continue;
+            };
+            let (mask, line) = self.mask_for(class);
+            if *mask != Mask::Clear {
+                masked.push(column.name.clone());
+                rules.push(
+                    line.map_or_else(|| "default-mask".to_string(), |l| format!("rules.toml:{l}")),
+                );
+            }
+            let item = mask
+                .select_item(
+                    column,
+                    self.governance.pseudonym_key.as_deref().map(Vec::as_slice),
+                )
+                .map_err(|message| {
+                    deny(
+                        message,
+                        &line.map_or_else(
+                            || "default-mask".to_string(),
+                            |l| format!("rules.toml:{l}"),
+                        ),
+                    )
+                })?;
+            items.push(item);
+        }
+        if filters.is_empty() && masked.is_empty() {
+            return Ok(View::Open);
+        }
+        rules.sort();
+        rules.dedup();
+        let filter = (!filters.is_empty()).then(|| filters.join(" OR "));
+        let sql = format!(
+            "SELECT {} FROM {}{}.{}{}",
+            if items.is_empty() {
+                "*".to_string()
+            } else {
+                items.join(", ")
+            },
+            if only { "ONLY " } else { "" },
+            quoted(&relation.schema),
+            quoted(&relation.name),
+            filter
+                .as_ref()
+                .map(|f| format!(" WHERE {f}"))
+                .unwrap_or_default()
+        );
+        // The view's query must print as it parses: rewritten reads are forwarded
+        // without parsing their whole text again (see `engine::rewrite`).
+        let query = match crate::analysis::parse(&sql).ok().and_then(|mut s| s.pop()) {
+            Some(Statement::Query(query))
+                if crate::analysis::parse(&query.to_string())
+                    .is_ok_and(|again| again == [Statement::Query(query.clone())]) =>
+            {
+                query
+            }
+            _ => {
+                return Err(deny(
+                    format!(
+                        "the policy's view of {} does not parse",
+                        relation.qualified()
+                    ),
+                    &rules.join(", "),
+                ));
+            }
+        };
+        Ok(View::Derived {
+            query,
+            filter,
+            filter_columns: filter_columns.into_iter().collect(),
+            masked,
+            rule: rules.join(", "),
+        })
+    }
+
+    /// The mask for a class: `clear` if any applicable rule says so, else the most
+    /// specific applicable rule (first in file order), else `null`.
+    fn mask_for(&self, class: &str) -> (&Mask, Option<usize>) {
+        static NULL: Mask = Mask::Null;
+        let mut best: Option<(u8, &crate::governance::MaskRule)> = None;
+        for rule in &self.governance.masks {
+            let Some(specificity) = rule.specificity(class) else {
+                continue;
+            };
+            if !self.applies(&rule.roles) {
+                continue;
+            }
+            if rule.mask == Mask::Clear {
+                return (&rule.mask, Some(rule.line));
+            }
+            if best.is_none_or(|(s, _)| specificity > s) {
+                best = Some((specificity, rule));
+            }
+        }
+        match best {
+            Some((_, rule)) => (&rule.mask, Some(rule.line)),
+            None => (&NULL, None),
+        }
+    }
+
+    /// Whether every reference of `census` is open for this identity (granted, with
+    /// nothing to rewrite): then the statement is forwarded as analysed. `Err` when a
+    /// reference is refused outright.
+    pub(crate) fn open(&self, census: &Census) -> Result<bool, Denial> {
+        let mut resolver = Resolver { access: self };
+        let mut open = true;
+        for (parts, only) in &census.reads {
+            if let Some(View::Derived { .. }) = self.read_view(parts, *only)?.as_deref() {
+                open = false;
+            }
+        }
+        for (parts, act) in &census.targets {
+            if let Some((_, view)) = self.target_view(parts, *act)? {
+                open &= matches!(*view, View::Open);
+            }
+        }
+        for parts in &census.others {
+            resolver.other(parts.as_deref())?;
+        }
+        for parts in &census.functions {
+            resolver.function(parts.as_deref())?;
+        }
+        for setting in &census.settings {
+            self.may_change(setting.as_deref())?;
+        }
+        Ok(open)
+    }
+
+    /// How a read of `parts` looks: `None` when it is read as it is without a view
+    /// (system relations; unknown ones for an unrestricted identity).
+    fn read_view(&self, parts: &[String], only: bool) -> Result<Option<Arc<View>>, Denial> {
+        let relation = match self.resolve(parts) {
+            Ok(relation) => relation,
+            Err(_) if self.unrestricted(Act::Select.as_str())? => return Ok(None),
+            Err(denial) => return Err(denial),
+        };
+        if !Access::governed(&relation) {
+            return Ok(None);
+        }
+        self.granted(&relation, Act::Select)?;
+        self.view(&relation, only).map(Some)
+    }
+
+    /// The relation and view of a write target, `None` when nothing constrains it.
+    fn target_view(&self, parts: &[String], act: Act) -> Result<Option<Target>, Denial> {
+        let relation = match self.resolve(parts) {
+            Ok(relation) => relation,
+            Err(_) if self.unrestricted(act.as_str())? => return Ok(None),
+            Err(denial) => return Err(denial),
+        };
+        self.granted(&relation, act)?;
+        if !Access::governed(&relation) {
+            return Ok(None);
+        }
+        let view = self.view(&relation, false)?;
+        Ok(Some((relation, view)))
+    }
+
+    /// Refuses a change of a setting that native row-level security reads for this
+    /// identity (`None`: a change of any setting, such as `RESET ALL`). The proxy set
+    /// it for the session; letting the client change it would hand the client the
+    /// database's row filter.
+    fn may_change(&self, setting: Option<&str>) -> Result<(), Denial> {
+        let hit = self
+            .protected
+            .iter()
+            .find(|protected| setting.is_none_or(|name| protected.name.eq_ignore_ascii_case(name)));
+        let Some(protected) = hit else {
+            return Ok(());
+        };
+        let what = match setting {
+            Some(_) => format!("may not change setting {}", protected.name),
+            None => format!(
+                "may not run a statement that could change any setting, such as setting {}",
+                protected.name
+            ),
+        };
+        Err(deny(
+            format!(
+                "{} {what}: the proxy sets it for native row-level security on {}",
+                self.roles_text(),
+                protected.table
+            ),
+            &format!("rules.toml:{}", protected.line),
+        ))
+    }
+
+    /// A resolver that rewrites for this identity.
+    pub(crate) fn resolver(&self) -> Resolver<'_> {
+        Resolver { access: self }
+    }
+}
+
+/// [`Resolve`] for one identity.
+pub(crate) struct Resolver<'a> {
+    access: &'a Access,
+}
+
+impl Resolve for Resolver<'_> {
+    fn read(&mut self, parts: &[String], only: bool) -> Result<Read, Denial> {
+        match self.access.read_view(parts, only)?.as_deref() {
+            None | Some(View::Open) => Ok(Read::Keep),
+            Some(View::Derived { query, .. }) => Ok(Read::Substitute(query.clone())),
+        }
+    }
+
+    fn target(&mut self, parts: &[String], act: Act) -> Result<Option<TargetRule>, Denial> {
+        let Some((relation, view)) = self.access.target_view(parts, act)? else {
+            return Ok(None);
+        };
+        match &*view {
+            View::Open => Ok(None),
+            View::Derived {
+                filter,
+                filter_columns,
+                masked,
+                rule,
+                ..
+            } => Ok(Some(TargetRule {
+                relation: relation.qualified(),
+                filter: filter.clone(),
+                filter_columns: filter_columns.clone(),
+                masked: masked.clone(),
+                columns: relation
+                    .columns
+                    .iter()
+                    .map(|c| (c.name.clone(), c.type_name.clone()))
+                    .collect(),
+                rule: rule.clone(),
+            })),
+        }
+    }
+
+    fn other(&mut self, parts: Option<&[String]>) -> Result<(), Denial> {
+        let Some(parts) = parts else {
+            return Err(deny(
+                "a relation name that is not plain identifiers".to_string(),
+                "catalog",
+            ));
+        };
+        // A name the catalog does not know is being created (or does not exist, which
+        // the database reports); the statement's class decides whether that is allowed.
+        match self
+            .access
+            .catalog
+            .resolve(parts, &self.access.governance.search_path)
+        {
+            None => Ok(()),
+            Some(relation) if !Access::governed(relation) => Ok(()),
+            Some(relation) => self.access.granted(relation, Act::Alter),
+        }
+    }
+
+    fn function(&mut self, parts: Option<&[String]>) -> Result<(), Denial> {
+        let Some(parts) = parts else {
+            return Err(deny(
+                "a function name that is not plain identifiers".to_string(),
+                "catalog",
+            ));
+        };
+        let name = parts.join(".");
+        if let Some(allowed) = self.access.functions.lock().get(&name).copied() {
+            return if allowed {
+                Ok(())
+            } else {
+                Err(deny(
+                    format!("{} may not call function {name}", self.access.roles_text()),
+                    "policy.csv",
+                ))
+            };
+        }
+        let schema = self
+            .access
+            .catalog
+            .resolve_function(parts, &self.access.governance.search_path)
+            .map(str::to_string);
+        let allowed = match schema.as_deref() {
+            None if self.access.unrestricted("execute")? => true,
+            None => {
+                return Err(deny(
+                    format!(
+                        "function {name} is not known to the policy (unknown functions are refused)"
+                    ),
+                    "catalog",
+                ));
+            }
+            Some("pg_catalog" | "information_schema" | crate::support::SUPPORT_SCHEMA) => true,
+            Some(schema) => {
+                let function = parts.last().map(String::as_str).unwrap_or_default();
+                self.access
+                    .enforce(&format!("function:{schema}.{function}"), "execute")?
+            }
+        };
+        self.access.functions.lock().insert(name.clone(), allowed);
+        if allowed {
+            Ok(())
+        } else {
+            Err(deny(
+                format!("{} may not call function {name}", self.access.roles_text()),
+                "policy.csv",
+            ))
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Native row-level security: the settings the database's own policies read
+//! (`current_setting('app.tenant')`), applied to the upstream session once, after it
+//! is opened and before the client's first statement.
+//!
+//! They are set for the session (`set_config(name, value, false)`), not per statement
+//! with `SET LOCAL`, and that is equivalent here: the upstream connection belongs to
+//! this one client for its whole life (no pooling hands it to anyone else), and the
+//! policy refuses every client statement that could change a protected setting (`SET`,
+//! `RESET`, `RESET ALL`, `DISCARD ALL`, `set_config()` on it or with a computed name),
+//! so the values stay what the policy rendered for this identity. Startup parameters
+//! cannot carry them: the proxy refuses custom settings there.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use portcullis_policy::Identity;
+use tokio::io::AsyncWriteExt;
+use tracing::{debug, warn};
+
+use super::SessionError;
+use crate::pg::error::{field, sqlstate};
+use crate::pg::messages::query;
+use crate::pg::{Framer, PgError};
+use crate::server::Shared;
+use crate::upstream::{Upstream, UpstreamError};
+
+/// Largest message accepted while the settings are applied (the answer is one short row).
+const MAX_MESSAGE: usize = 64 * 1024;
+
+/// Applies the identity's native row-level-security settings to `upstream`, if it has
+/// any. Refuses the session with a FATAL when the policy cannot render them (a missing
+/// attribute, conflicting rules: the policy's 42501) or the server rejects them.
+pub async fn apply(
+    shared: &Shared,
+    identity: &Identity,
+    upstream: &mut Upstream,
+) -> Result<(), SessionError> {
+    let settings = shared
+        .policy
+        .load()
+        .session_settings(identity)
+        .map_err(|denial| SessionError::Client(PgError::fatal(denial.sqlstate, denial.message)))?;
+    if settings.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = settings.iter().map(|(name, _)| name.as_str()).collect();
+    debug!(settings = ?names, "applying native row-level security settings");
+    let mut out = BytesMut::new();
+    query::encode(&statement(&settings), &mut out);
+    let timeout = Duration::from_secs(shared.limits.startup_timeout_secs);
+    let answer = tokio::time::timeout(timeout, async {
+        upstream.stream.write_all(&out).await?;
+        upstream.stream.flush().await?;
+        read_answer(upstream).await
+    })
+    .await
+    .map_err(|_| SessionError::Upstream(UpstreamError::Timeout(timeout)))??;
+    match answer {
+        None => Ok(()),
+        Some((code, message)) => {
+            warn!(%code, %message, settings = ?names, "upstream refused the native row-level security settings");
+            Err(SessionError::Client(
+                PgError::fatal(
+                    sqlstate::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+                    "portcullis: could not apply the session settings for native row-level security",
+                )
+                .with_hint("the proxy's log has the details"),
+            ))
+        }
+    }
+}
+
+/// `SELECT pg_catalog.set_config('name', 'value', false), ...`: names and values as
+/// string literals with quotes doubled (the upstream session runs with
+/// `standard_conforming_strings = on`, so backslashes are plain characters; the policy
+/// refuses NUL bytes). Schema-qualified, so no `search_path` can substitute another
+/// `set_config`.
+fn statement(settings: &[(String, String)]) -> String {
+    let literal = |text: &str| format!("'{}'", text.replace('\'', "''"));
+    let calls: Vec<String> = settings
+        .iter()
+        .map(|(name, value)| {
+            format!(
+                "pg_catalog.set_config({}, {}, false)",
+                literal(name),
+                literal(value)
+            )
+        })
+        .collect();
+    format!("SELECT {}", calls.join(", "))
+}
+
+/// Reads the answer up to ReadyForQuery: `None` when it succeeded, else the server's
+/// (SQLSTATE, message).
+async fn read_answer(upstream: &mut Upstream) -> Result<Option<(String, String)>, SessionError> {
+    let mut framer = Framer::with_buffer(std::mem::take(&mut upstream.leftover), MAX_MESSAGE);
+    let mut error = None;
+    loop {
+        let msg = framer
+            .next(&mut upstream.stream)
+            .await
+            .map_err(|e| SessionError::Upstream(UpstreamError::Protocol(e.to_string())))?
+            .ok_or_else(|| {
+                SessionError::Upstream(UpstreamError::Protocol(
+                    "server closed the connection while the session settings were applied".into(),
+                ))
+            })?;
+        match msg.tag {
+            b'E' => {
+                let body = msg.body();
+                let text = |code| {
+                    field(body, code)
+                        .map(String::from_utf8_lossy)
+                        .unwrap_or_default()
+                        .into_owned()
+                };
+                error = Some((text(b'C'), text(b'M')));
+            }
+            // A reported setting changed: the client's greeting carries the new value.
+            b'S' => upstream.parameter_status.push(msg),
+            b'Z' => break,
+            // RowDescription, DataRow, CommandComplete, notices.
+            _ => {}
+        }
+    }
+    upstream.leftover = framer.into_buffer();
+    Ok(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_names_and_values_as_literals() {
+        let settings = vec![
+            ("app.tenant".to_string(), "1'; RESET ALL; --".to_string()),
+            ("app.who".to_string(), "o\\'brien".to_string()),
+        ];
+        assert_eq!(
+            statement(&settings),
+            "SELECT pg_catalog.set_config('app.tenant', '1''; RESET ALL; --', false), \
+             pg_catalog.set_config('app.who', 'o\\''brien', false)"
+        );
+    }
+}
