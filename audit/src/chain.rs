@@ -47,7 +47,7 @@ pub struct Link {
 /// that sequence numbers follow write order.
 pub struct Chainer {
     instance: String,
-    key: Option<Vec<u8>>,
+    key: Option<zeroize::Zeroizing<Vec<u8>>>,
     next_seq: u64,
     prev_hash: String,
 }
@@ -68,7 +68,7 @@ impl Chainer {
     pub fn new(instance: impl Into<String>, key: Option<Vec<u8>>) -> Self {
         Chainer {
             instance: instance.into(),
-            key,
+            key: key.map(zeroize::Zeroizing::new),
             next_seq: 1,
             prev_hash: String::new(),
         }
@@ -122,7 +122,7 @@ impl Chainer {
         event.prev_hash.clone_from(&self.prev_hash);
         event.hash.clear();
         let value = serde_json::to_value(&*event)?;
-        let hash = hash_value(&value, self.key.as_deref())?;
+        let hash = hash_value(&value, self.key.as_ref().map(|k| k.as_slice()))?;
         event.hash.clone_from(&hash);
         self.prev_hash = hash;
         self.next_seq = self.next_seq.saturating_add(1);

@@ -176,6 +176,9 @@ pub enum EventKind {
     LoginFailure,
     /// A statement was decided (and, unless denied, run).
     Statement,
+    /// A statement ran longer than `[audit] slow_statement_ms`: a copy of its
+    /// statement event under its own kind, so that sinks can select slow statements.
+    SlowStatement,
     /// A session ended; carries [`SessionTotals`].
     SessionEnd,
     /// A new policy set was compiled and swapped in.
@@ -199,6 +202,7 @@ impl EventKind {
             EventKind::LoginSuccess => "login_success",
             EventKind::LoginFailure => "login_failure",
             EventKind::Statement => "statement",
+            EventKind::SlowStatement => "slow_statement",
             EventKind::SessionEnd => "session_end",
             EventKind::PolicyReload => "policy_reload",
             EventKind::PolicyReloadRefused => "policy_reload_refused",
@@ -295,6 +299,10 @@ pub struct StatementInfo {
     /// Tables and columns touched.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tables: Vec<TouchedTable>,
+    /// The client's own text, literals and all: only when the operator turned on
+    /// `full_statement_text` (it may carry protected values). Cut like `text`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_text: Option<String>,
 }
 
 impl StatementInfo {
@@ -309,7 +317,21 @@ impl StatementInfo {
             text,
             fingerprint: n.fingerprint,
             tables: Vec::new(),
+            full_text: None,
         }
+    }
+
+    /// Keeps the client's own text too (see [`StatementInfo::full_text`]).
+    pub fn with_full_text(mut self, sql: &str) -> Self {
+        let mut text = sql.to_owned();
+        truncate_with_ellipsis(&mut text, MAX_STATEMENT_TEXT);
+        self.full_text = Some(text);
+        self
+    }
+
+    /// The text a format shows: the full text where it was kept, else the normalized.
+    pub fn shown_text(&self) -> &str {
+        self.full_text.as_deref().unwrap_or(&self.text)
     }
 
     /// Adds a statement class.

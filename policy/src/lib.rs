@@ -98,6 +98,7 @@ mod policy;
 mod rewrite;
 mod shape;
 pub mod support;
+mod touched;
 
 #[cfg(test)]
 mod roundtrip;
@@ -109,7 +110,8 @@ pub use config::{
     PolicyConfig, RoleConfig,
 };
 pub use decision::{Decision, Denial, sqlstate};
-pub use engine::Engine;
+pub use engine::{Engine, Touched};
 pub use error::PolicyError;
 pub use identity::Identity;
 pub use policy::Policy;
+pub use touched::{TouchedColumn, TouchedRelation};

@@ -319,3 +319,110 @@ fn shapes_rewritten_from_templates_match_full_rewrites() {
         "texts rewritten from their shape's template"
     );
 }
+
+/// `(column, class)`.
+type Col = (String, Option<String>);
+
+/// `(relation, written, [(column, class)])` for each relation `sql` touched.
+fn touched(engine: &Engine, sql: &str) -> Vec<(String, bool, Vec<Col>)> {
+    engine
+        .touched(&policy(), &catalog(), sql)
+        .iter()
+        .map(|relation| {
+            let columns = relation
+                .columns
+                .iter()
+                .map(|c| (c.name.clone(), c.class.clone()))
+                .collect();
+            (relation.name.clone(), relation.written, columns)
+        })
+        .collect()
+}
+
+fn names(columns: &[Col]) -> Vec<&str> {
+    columns.iter().map(|(name, _)| name.as_str()).collect()
+}
+
+#[test]
+fn touched_relations_columns_and_classes() {
+    let engine = Engine::default();
+
+    let found = touched(&engine, "SELECT name, email FROM customers WHERE id = 7");
+    assert_eq!(found.len(), 1);
+    let (name, written, columns) = &found[0];
+    assert_eq!((name.as_str(), *written), ("public.customers", false));
+    assert_eq!(names(columns), ["id", "name", "email"]);
+    assert_eq!(columns[2].1.as_deref(), Some("pii.email"));
+    assert_eq!(columns[0].1, None);
+
+    // A join: each relation gets the columns named anywhere that it has.
+    let found = touched(
+        &engine,
+        "SELECT c.ssn, o.total FROM customers c JOIN orders o ON o.customer_id = c.id",
+    );
+    let relations: Vec<&str> = found.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(relations, ["public.customers", "public.orders"]);
+    assert_eq!(names(&found[0].2), ["id", "ssn"]);
+    assert_eq!(found[0].2[1].1.as_deref(), Some("pii.national_id"));
+    assert_eq!(names(&found[1].2), ["id", "customer_id", "total"]);
+
+    // Wildcards and whole-row references touch every column.
+    for sql in [
+        "SELECT * FROM customers",
+        "SELECT c FROM customers c",
+        "SELECT row_to_json(c.*) FROM customers c",
+        "SELECT c.* FROM customers c",
+        "SELECT 1 FROM customers c WHERE c IS NOT NULL",
+        "SELECT count(*) FROM (SELECT * FROM customers) s",
+    ] {
+        let found = touched(&engine, sql);
+        assert_eq!(
+            found.first().map(|f| f.2.len()),
+            Some(8),
+            "{sql}: {found:?}"
+        );
+    }
+
+    // Writes: the target is written; its listed and SET columns are touched.
+    let found = touched(
+        &engine,
+        "UPDATE customers SET card_number = $1 WHERE id = $2",
+    );
+    assert!(found[0].1);
+    assert_eq!(names(&found[0].2), ["id", "card_number"]);
+    assert_eq!(found[0].2[1].1.as_deref(), Some("financial.card"));
+    let found = touched(
+        &engine,
+        "INSERT INTO orders VALUES (1, 1, 1, 2.5, 'new', now())",
+    );
+    assert_eq!((found[0].1, found[0].2.len()), (true, 6));
+    let found = touched(&engine, "COPY customers (id, birth_date) FROM STDIN");
+    assert_eq!(names(&found[0].2), ["id", "birth_date"]);
+
+    // A multi-statement text unites; subqueries and CTEs count; unknown names stay.
+    let found = touched(
+        &engine,
+        "WITH t AS (SELECT tenant_id FROM orders) SELECT count(*) FROM t; SELECT x FROM nowhere",
+    );
+    let relations: Vec<&str> = found.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(relations, ["public.orders", "nowhere"]);
+    assert_eq!(names(&found[0].2), ["tenant_id"]);
+    assert!(found[1].2.is_empty());
+
+    // Texts that vary only in literals agree (decided from a shape's template).
+    let policy = policy();
+    let (catalog, support) = (catalog(), support());
+    for id in 1..5 {
+        let sql = format!("SELECT email FROM customers WHERE id = {id}");
+        assert!(
+            engine
+                .decide(&policy, &catalog, &support, &sql)
+                .is_allowed()
+        );
+        let found = touched(&engine, &sql);
+        assert_eq!(names(&found[0].2), ["id", "email"], "{sql}");
+    }
+
+    // Unparsable text touches nothing known.
+    assert!(touched(&engine, "SELEC oops").is_empty());
+}

@@ -2,7 +2,7 @@
 //! SQLSTATE), session ends; literals never reach an event; the chain verifies.
 
 use anyhow::Result;
-use portcullis_tests::{ANALYST, EnvOptions, TestEnv, eventually, stdout};
+use portcullis_tests::{ADMIN, ANALYST, EnvOptions, TestEnv, eventually, stdout};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_and_logins_are_audited_without_their_literals() -> Result<()> {
@@ -121,6 +121,39 @@ path = "{trail}"
         "{totals:?}"
     );
 
+    // The email lookup names what it touched, with the column classes.
+    let lookup = statements
+        .iter()
+        .find(|e| {
+            e["statement"]["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("customers") && t.contains("email"))
+        })
+        .expect("the email lookup is audited");
+    assert_eq!(lookup["decision"]["outcome"], "rewritten", "{lookup}");
+    let tables = &lookup["statement"]["tables"];
+    assert_eq!(tables[0]["name"], "public.customers", "{lookup}");
+    let columns: Vec<(String, String)> = tables[0]["columns"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap_or_default().to_owned(),
+                c["classes"].to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            ("id".to_owned(), "null".to_owned()),
+            ("email".to_owned(), r#"["pii.email"]"#.to_owned())
+        ],
+        "{lookup}"
+    );
+    assert!(lookup["statement"].get("full_text").is_none());
+
     // No literal from any statement appears anywhere in the trail.
     assert!(
         !text.contains(&secret_email),
@@ -143,6 +176,103 @@ path = "{trail}"
     assert!(
         metrics.contains(&count_line),
         "{count_line} missing from metrics"
+    );
+
+    let report = portcullis_tests::portcullis_audit::verify::verify([text.as_bytes()], None);
+    assert!(report.is_ok(), "{report}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_text_and_slow_statements_when_configured() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let trail = dir.path().join("audit.jsonl");
+    let env = TestEnv::start_with(EnvOptions {
+        extra_config: format!(
+            r#"
+[audit]
+instance = "test-proxy"
+state_dir = "{state}"
+full_statement_text = true
+slow_statement_ms = 300
+
+[[audit.sinks]]
+name = "local"
+kind = "file"
+format = "json"
+flush_ms = 50
+
+[audit.sinks.file]
+path = "{trail}"
+"#,
+            state = dir.path().join("state").display(),
+            trail = trail.display(),
+        ),
+        ..EnvOptions::default()
+    })
+    .await?;
+
+    let out = env
+        .psql(
+            ADMIN,
+            "",
+            &[
+                "-c",
+                "SELECT 'fast-marker' AS m",
+                "-c",
+                "SELECT pg_sleep(0.5), 'slow-marker' AS m",
+            ],
+        )
+        .await?;
+    stdout(&out)?;
+
+    let read = || std::fs::read_to_string(&trail).unwrap_or_default();
+    let complete = eventually(10, || async { read().contains("\"kind\":\"session_end\"") }).await;
+    let text = read();
+    assert!(complete, "a session end expected in:\n{text}");
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let full = |e: &&serde_json::Value| e["statement"]["full_text"].as_str().map(str::to_owned);
+
+    // The client's own text is kept beside the normalized one.
+    let fast = events
+        .iter()
+        .find(|e| full(e).is_some_and(|t| t.contains("'fast-marker'")))
+        .expect("the fast statement with its full text");
+    assert_eq!(fast["kind"], "statement");
+    assert!(
+        !fast["statement"]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("fast-marker")
+    );
+
+    // Only the slow one is reported again as slow_statement, with its duration.
+    let slow: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "slow_statement")
+        .collect();
+    assert_eq!(slow.len(), 1, "{text}");
+    assert!(
+        full(&slow[0]).is_some_and(|t| t.contains("slow-marker")),
+        "{text}"
+    );
+    assert!(
+        slow[0]["duration_us"]
+            .as_u64()
+            .is_some_and(|d| d >= 300_000),
+        "{text}"
+    );
+    let original = events
+        .iter()
+        .find(|e| e["kind"] == "statement" && full(e) == full(&slow[0]))
+        .expect("the slow statement's own event");
+    assert_ne!(original["id"], slow[0]["id"]);
+    assert_eq!(
+        original["statement"]["fingerprint"],
+        slow[0]["statement"]["fingerprint"]
     );
 
     let report = portcullis_tests::portcullis_audit::verify::verify([text.as_bytes()], None);

@@ -83,7 +83,7 @@ pub fn encode(e: &AuditEvent, out: &mut Vec<u8>) -> Result<(), AuditError> {
     let custom = [
         ("sessionId", e.session_id.as_deref()),
         ("database", e.database.as_deref()),
-        ("statement", st.map(|s| s.text.as_str())),
+        ("statement", st.map(|s| s.shown_text())),
         ("fingerprint", st.map(|s| s.fingerprint.as_str())),
         ("rule", d.and_then(|d| d.rule.as_deref())),
         ("policyVersion", d.and_then(|d| d.policy_version.as_deref())),

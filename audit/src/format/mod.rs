@@ -67,6 +67,7 @@ pub(crate) fn summary(e: &AuditEvent) -> String {
             Some(Outcome::Allowed) if e.sqlstate.is_some() => "SQL statement failed".into(),
             _ => "SQL statement".into(),
         },
+        EventKind::SlowStatement => "Slow SQL statement".into(),
         EventKind::SessionEnd => "Session ended".into(),
         EventKind::PolicyReload => "Policy reloaded".into(),
         EventKind::PolicyReloadRefused => "Policy reload refused".into(),

@@ -52,7 +52,9 @@ struct Class {
 
 fn class_of(e: &AuditEvent) -> Class {
     let (category_uid, category_name, class_uid, class_name) = match e.kind {
-        EventKind::Statement => (6, "Application Activity", 6005, "Datastore Activity"),
+        EventKind::Statement | EventKind::SlowStatement => {
+            (6, "Application Activity", 6005, "Datastore Activity")
+        }
         EventKind::LoginSuccess | EventKind::LoginFailure | EventKind::SessionEnd => {
             (3, "Identity & Access Management", 3002, "Authentication")
         }
@@ -60,7 +62,7 @@ fn class_of(e: &AuditEvent) -> Class {
         _ => (0, "Uncategorized", 0, "Base Event"),
     };
     let (activity_id, activity_name) = match e.kind {
-        EventKind::Statement => {
+        EventKind::Statement | EventKind::SlowStatement => {
             let classes = e
                 .statement
                 .as_ref()
@@ -232,7 +234,7 @@ pub fn to_ocsf(e: &AuditEvent) -> Value {
     if let Some(st) = &e.statement {
         o.insert(
             "query_info".into(),
-            json!({ "query_string": st.text, "uid": st.fingerprint }),
+            json!({ "query_string": st.shown_text(), "uid": st.fingerprint }),
         );
         if let Some(first) = st.tables.first() {
             o.insert("table".into(), json!({ "name": first.name }));

@@ -141,7 +141,7 @@ pub fn encode(e: &AuditEvent, opts: &SyslogOptions, out: &mut Vec<u8>) -> Result
             let mut text = summary(e);
             if let Some(st) = &e.statement {
                 text.push_str(": ");
-                text.push_str(&st.text);
+                text.push_str(st.shown_text());
             }
             if let Some(detail) = &e.detail {
                 text.push_str(": ");

@@ -60,13 +60,24 @@ pub struct AuditConfig {
     /// Capacity of the queue between the query path and the dispatcher.
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
-    /// Read by the proxy when it builds events (the pipeline never sees raw SQL).
+    /// Statement events carry the client's own text besides the normalized one
+    /// (`statement.full_text`). Off by default: literals are where protected values
+    /// live. Read by the proxy when it builds events.
     #[serde(default)]
     pub full_statement_text: bool,
-    /// Name of the environment variable holding the HMAC chain key (unkeyed SHA-256
-    /// when absent). TODO: any secret reference (file, key provider).
+    /// Statements that take at least this long (from the client's message to the
+    /// database's ReadyForQuery) are also reported as `slow_statement` events.
+    /// Absent: no slow-statement events.
+    #[serde(default)]
+    pub slow_statement_ms: Option<u64>,
+    /// Name of the environment variable holding the HMAC chain key. At most one of
+    /// `hmac_key_env` and `hmac_key_file`; neither: unkeyed SHA-256.
     #[serde(default)]
     pub hmac_key_env: Option<String>,
+    /// File holding the HMAC chain key (its bytes, a trailing newline removed). It
+    /// must not be readable by group or others.
+    #[serde(default)]
+    pub hmac_key_file: Option<PathBuf>,
     /// Where spools live by default (`<state_dir>/spool/<sink name>`).
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
@@ -84,7 +95,9 @@ impl Default for AuditConfig {
             instance: default_instance(),
             queue_capacity: default_queue_capacity(),
             full_statement_text: false,
+            slow_statement_ms: None,
             hmac_key_env: None,
+            hmac_key_file: None,
             state_dir: default_state_dir(),
             shutdown_timeout_ms: default_shutdown_ms(),
             sinks: Vec::new(),
@@ -420,6 +433,9 @@ impl AuditConfig {
         }
         if self.queue_capacity == 0 {
             return bad("queue_capacity must be at least 1".into());
+        }
+        if self.hmac_key_env.is_some() && self.hmac_key_file.is_some() {
+            return bad("set at most one of hmac_key_env and hmac_key_file".into());
         }
         for (i, s) in self.sinks.iter().enumerate() {
             if s.name.is_empty()

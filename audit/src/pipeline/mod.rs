@@ -97,6 +97,47 @@ use worker::{Worker, WorkerSettings};
 #[error("audit is unavailable")]
 pub struct AuditUnavailable;
 
+/// The chain key named by `config`, if any.
+fn chain_key(
+    config: &AuditConfig,
+) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, AuditConfigError> {
+    if let Some(var) = &config.hmac_key_env {
+        let key = std::env::var(var).map_err(|_| {
+            AuditConfigError::Invalid(format!(
+                "hmac_key_env: environment variable {var} is not set"
+            ))
+        })?;
+        return Ok(Some(zeroize::Zeroizing::new(key.into_bytes())));
+    }
+    let Some(path) = &config.hmac_key_file else {
+        return Ok(None);
+    };
+    let invalid =
+        |why: String| AuditConfigError::Invalid(format!("hmac_key_file {}: {why}", path.display()));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|e| invalid(e.to_string()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(invalid(format!(
+                "mode {:o} lets others read the key; chmod 600 it",
+                mode & 0o777
+            )));
+        }
+    }
+    let mut key = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| invalid(e.to_string()))?);
+    while key.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        key.pop();
+    }
+    if key.is_empty() {
+        return Err(invalid("the file is empty".into()));
+    }
+    Ok(Some(key))
+}
+
 /// A sink ready to run, with its settings and the format the pipeline encodes for it.
 pub(crate) struct BuiltSink {
     pub(crate) config: SinkConfig,
@@ -112,6 +153,8 @@ pub(crate) struct Shared {
     /// Number of `fail_closed` sinks that cannot keep events right now.
     pub(crate) unhealthy: AtomicUsize,
     fail_closed: bool,
+    full_statement_text: bool,
+    slow_statement: Option<Duration>,
 }
 
 impl Shared {
@@ -168,18 +211,7 @@ impl Auditor {
         sinks: Vec<BuiltSink>,
         shutdown: CancellationToken,
     ) -> Result<(Auditor, JoinHandle<()>), AuditConfigError> {
-        let key = match &config.hmac_key_env {
-            Some(var) => Some(
-                std::env::var(var)
-                    .map_err(|_| {
-                        AuditConfigError::Invalid(format!(
-                            "hmac_key_env: environment variable {var} is not set"
-                        ))
-                    })?
-                    .into_bytes(),
-            ),
-            None => None,
-        };
+        let key = chain_key(config)?;
         let shared = Arc::new(Shared {
             lost: AtomicU64::new(0),
             unreported: AtomicU64::new(0),
@@ -187,6 +219,8 @@ impl Auditor {
             fail_closed: sinks
                 .iter()
                 .any(|b| b.config.overflow == Overflow::FailClosed),
+            full_statement_text: config.full_statement_text,
+            slow_statement: config.slow_statement_ms.map(Duration::from_millis),
         });
 
         let mut routes = Vec::with_capacity(sinks.len());
@@ -229,7 +263,7 @@ impl Auditor {
             .into_iter()
             .filter(|l| l.instance == config.instance)
             .max_by_key(|l| l.seq);
-        let chainer = Chainer::resume(config.instance.clone(), key, last)?;
+        let chainer = Chainer::resume(config.instance.clone(), key.map(|k| k.to_vec()), last)?;
 
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let dispatcher = Dispatcher {
@@ -268,6 +302,16 @@ impl Auditor {
     /// (`emit` then refuses every event).
     pub fn healthy(&self) -> bool {
         self.shared.unhealthy.load(Ordering::SeqCst) == 0
+    }
+
+    /// Whether statement events may carry the client's own text (`full_statement_text`).
+    pub fn full_statement_text(&self) -> bool {
+        self.shared.full_statement_text
+    }
+
+    /// The duration from which a statement is also reported as `slow_statement`.
+    pub fn slow_statement(&self) -> Option<Duration> {
+        self.shared.slow_statement
     }
 }
 

@@ -23,6 +23,7 @@ use crate::identity::Identity;
 use crate::policy::Policy;
 use crate::rewrite::{Census, Walker};
 use crate::shape::{Shape, normalize};
+use crate::touched::{self, TouchedRelation};
 use template::{Rewritten, Sighting, Template};
 
 /// Decides statements for all sessions of a proxy.
@@ -57,10 +58,16 @@ pub struct Engine {
     /// collisions.
     rewrites: Mutex<LruCache<u64, (Box<str>, Decision)>>,
     rewrite_hits: AtomicU64,
+    /// What texts (or shapes) touched, by hash of (policy version, catalog
+    /// generation, text or shape key), holding that text to rule out collisions.
+    touched: Mutex<LruCache<u64, (Box<str>, Touched)>>,
     /// Per (identity access, shape): the shape's rewritten template, or `None` when it
     /// cannot have one; holding the shape's cache key to rule out collisions.
     rewritten_shapes: Mutex<LruCache<u64, RewrittenShape>>,
 }
+
+/// The relations one text touched (see [`Engine::touched`]).
+pub type Touched = Arc<[TouchedRelation]>;
 
 /// A shape's cache key and its rewritten template for one identity (or `None`).
 type RewrittenShape = (Box<str>, Option<Arc<Rewritten>>);
@@ -212,6 +219,9 @@ impl Engine {
                 NonZeroUsize::new(cache_entries).unwrap_or(NonZeroUsize::MIN),
             )),
             rewrite_hits: AtomicU64::new(0),
+            touched: Mutex::new(LruCache::new(
+                NonZeroUsize::new(cache_entries).unwrap_or(NonZeroUsize::MIN),
+            )),
             rewritten_shapes: Mutex::new(LruCache::new(
                 NonZeroUsize::new(cache_entries).unwrap_or(NonZeroUsize::MIN),
             )),
@@ -454,6 +464,66 @@ impl Engine {
         decided
     }
 
+    /// The relations, columns and column classes `sql` touches (see the `touched`
+    /// module for how columns are attributed), for its audit event. Empty for texts
+    /// that do not parse. Computed once per text (or per shape, for texts decided from
+    /// a template) under a policy version and catalog generation.
+    pub fn touched(&self, policy: &Policy, catalog: &Catalog, sql: &str) -> Touched {
+        let key_of = |text: &str| {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            policy.version().hash(&mut hasher);
+            catalog.generation().hash(&mut hasher);
+            text.hash(&mut hasher);
+            hasher.finish()
+        };
+        let cached = |key: u64, text: &str| match self.touched.lock().get(&key) {
+            Some((stored, touched)) if **stored == *text => Some(Arc::clone(touched)),
+            _ => None,
+        };
+        let key = key_of(sql);
+        if let Some(found) = cached(key, sql) {
+            return found;
+        }
+        let analysis = self.cache.lock().entries.peek(sql).map(Arc::clone);
+        let (censuses, key, text): (Vec<Census>, u64, Box<str>) = match analysis {
+            Some(analysis) => (censuses_of(&analysis), key, sql.into()),
+            None => {
+                let shape = normalize(sql);
+                let shape_key = shape.as_ref().map(|shape| shape.cache_key(sql));
+                let template = shape_key.as_deref().and_then(|shape_key| {
+                    match self.shapes.lock().entries.peek(shape_key) {
+                        Some(ShapeEntry::Template(template)) => Some(Arc::clone(template)),
+                        _ => None,
+                    }
+                });
+                match (template, shape_key) {
+                    (Some(template), Some(shape_key)) => {
+                        let key = key_of(&shape_key);
+                        if let Some(found) = cached(key, &shape_key) {
+                            return found;
+                        }
+                        (template.censuses.to_vec(), key, shape_key.into())
+                    }
+                    _ => (censuses_of(&analysis::analyze(sql)), key, sql.into()),
+                }
+            }
+        };
+        let governance = policy.governance();
+        let default_path = [String::from("public")];
+        let search_path = governance.map_or(&default_path[..], |g| &g.search_path);
+        let censuses: Vec<&Census> = censuses.iter().collect();
+        let found: Touched = touched::touched(
+            &censuses,
+            catalog,
+            search_path,
+            governance.map(|g| &g.classification),
+        )
+        .into();
+        self.touched.lock().put(key, (text, Arc::clone(&found)));
+        found
+    }
+
     /// The remembered relation-level decision for `sql`, if any.
     fn remembered(
         &self,
@@ -621,6 +691,16 @@ impl Engine {
         let analysis = Arc::new(analysis::analyze(sql));
         self.cache.lock().insert(sql.into(), Arc::clone(&analysis));
         analysis
+    }
+}
+
+/// The censuses of an analysed text's statements (none if it did not parse).
+fn censuses_of(analysis: &Analysis) -> Vec<Census> {
+    match &analysis.outcome {
+        Outcome::Statements { statements, .. } => {
+            statements.iter().map(|s| s.census.clone()).collect()
+        }
+        _ => Vec::new(),
     }
 }
 

@@ -18,8 +18,9 @@ pub(crate) mod write;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    Expr, Function, Ident, ObjectName, ObjectNamePart, Query, SetExpr, Statement, TableAlias,
-    TableFactor, TableInheritance, VisitMut, VisitorMut,
+    AssignmentTarget, CopySource, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArguments,
+    Ident, ObjectName, ObjectNamePart, Query, SelectItem, SelectItemQualifiedWildcardKind, SetExpr,
+    Statement, TableAlias, TableFactor, TableInheritance, VisitMut, VisitorMut,
 };
 
 use crate::decision::Denial;
@@ -79,6 +80,23 @@ pub(crate) trait Resolve {
     fn setting(&mut self, _name: Option<&str>) -> Result<(), Denial> {
         Ok(())
     }
+    /// A name the statement uses that may stand for a column (see [`Named`]). Only the
+    /// census records these, for the audit trail's touched columns.
+    fn named(&mut self, _named: Named<'_>) {}
+}
+
+/// What a statement names, beyond relations and functions, that tells which columns
+/// it may touch. Over-approximate by design: an identifier is any relation's column of
+/// that name, and any wildcard touches every column.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Named<'a> {
+    /// An identifier (or the last part of a compound one), or the qualifier of
+    /// `alias.*`, which touches a whole row when it names a relation or an alias.
+    Column(&'a str),
+    /// A table alias.
+    Alias(&'a str),
+    /// `*`, or a write of whole rows (INSERT or COPY without a column list).
+    Everything,
 }
 
 /// Folds an identifier as PostgreSQL does: unquoted ones to lower case.
@@ -98,6 +116,94 @@ pub(crate) fn fold_name(name: &ObjectName) -> Option<Parts> {
             ObjectNamePart::Function(_) => None,
         })
         .collect()
+}
+
+/// The last part of `name` folded, if it is an identifier.
+fn last_part(name: &ObjectName) -> Option<String> {
+    name.0.last()?.as_ident().map(fold)
+}
+
+/// Reports what a select list (or RETURNING list) names: wildcards and the qualifiers
+/// of `alias.*`. Its expressions are reported when the walk visits them.
+fn name_projection<R: Resolve>(resolve: &mut R, items: &[SelectItem]) {
+    for item in items {
+        match item {
+            SelectItem::Wildcard(_) => resolve.named(Named::Everything),
+            SelectItem::QualifiedWildcard(SelectItemQualifiedWildcardKind::ObjectName(name), _) => {
+                match last_part(name) {
+                    Some(qualifier) => resolve.named(Named::Column(&qualifier)),
+                    None => resolve.named(Named::Everything),
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Reports the wildcards in every select list of a query body (nested queries are
+/// reported when the walk reaches them).
+fn name_body<R: Resolve>(resolve: &mut R, body: &SetExpr) {
+    match body {
+        SetExpr::Select(select) => name_projection(resolve, &select.projection),
+        SetExpr::SetOperation { left, right, .. } => {
+            name_body(resolve, left);
+            name_body(resolve, right);
+        }
+        _ => {}
+    }
+}
+
+/// Reports the columns a write statement names outside expressions: its column list
+/// (all columns without one), its SET targets and its RETURNING list.
+fn name_write<R: Resolve>(resolve: &mut R, statement: &Statement) {
+    match statement {
+        Statement::Insert(insert) => {
+            if insert.columns.is_empty() {
+                resolve.named(Named::Everything);
+            }
+            name_columns(resolve, insert.columns.iter().map(last_part));
+            if let Some(returning) = &insert.returning {
+                name_projection(resolve, returning);
+            }
+        }
+        Statement::Update(update) => {
+            let targets = update.assignments.iter().flat_map(|a| match &a.target {
+                AssignmentTarget::ColumnName(name) => vec![last_part(name)],
+                AssignmentTarget::Tuple(names) => names.iter().map(last_part).collect(),
+            });
+            name_columns(resolve, targets);
+            if let Some(returning) = &update.returning {
+                name_projection(resolve, returning);
+            }
+        }
+        Statement::Delete(delete) => {
+            if let Some(returning) = &delete.returning {
+                name_projection(resolve, returning);
+            }
+        }
+        Statement::Copy {
+            source: CopySource::Table { columns, .. },
+            ..
+        } => {
+            if columns.is_empty() {
+                resolve.named(Named::Everything);
+            }
+            name_columns(resolve, columns.iter().map(|ident| Some(fold(ident))));
+        }
+        // MERGE's clauses may insert and update any column: all of them count.
+        Statement::Merge(_) => resolve.named(Named::Everything),
+        _ => {}
+    }
+}
+
+/// Reports column names (`None`: a name that is not an identifier, so any column).
+fn name_columns<R: Resolve>(resolve: &mut R, names: impl Iterator<Item = Option<String>>) {
+    for name in names {
+        match name {
+            Some(name) => resolve.named(Named::Column(&name)),
+            None => resolve.named(Named::Everything),
+        }
+    }
 }
 
 /// SQL syntax that sqlparser reads as a function call but PostgreSQL does not look up
@@ -227,6 +333,7 @@ impl<R: Resolve> VisitorMut for Walker<'_, R> {
         if let Err(denial) = Self::expand_table_commands(&mut query.body) {
             return ControlFlow::Break(denial);
         }
+        name_body(self.resolve, &query.body);
         let Some(mut with) = query.with.take() else {
             self.scopes.push(Vec::new());
             self.withs.push(None);
@@ -271,6 +378,7 @@ impl<R: Resolve> VisitorMut for Walker<'_, R> {
             self.taken.push(None);
             return ControlFlow::Continue(());
         }
+        name_write(self.resolve, statement);
         // Write statements are walked by hand (their target is not a read), then put
         // back after the generic walk has passed over the placeholder.
         let mut taken = std::mem::replace(statement, write::placeholder());
@@ -342,6 +450,9 @@ impl<R: Resolve> VisitorMut for Walker<'_, R> {
         let Some(parts) = fold_name(name) else {
             return ControlFlow::Break(write::refuse("a relation name that is not an identifier"));
         };
+        if let Some(alias) = alias {
+            self.resolve.named(Named::Alias(&fold(&alias.name)));
+        }
         if args.is_some() {
             // `FROM f(...)`: a set-returning function, not a relation.
             return match self.resolve.function(Some(&parts)) {
@@ -380,6 +491,35 @@ impl<R: Resolve> VisitorMut for Walker<'_, R> {
     }
 
     fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<Denial> {
+        match expr {
+            Expr::Identifier(ident) => self.resolve.named(Named::Column(&fold(ident))),
+            Expr::CompoundIdentifier(idents) => {
+                if let Some(last) = idents.last() {
+                    self.resolve.named(Named::Column(&fold(last)));
+                }
+            }
+            Expr::QualifiedWildcard(name, _) => match last_part(name) {
+                Some(qualifier) => self.resolve.named(Named::Column(&qualifier)),
+                None => self.resolve.named(Named::Everything),
+            },
+            Expr::Function(Function {
+                args: FunctionArguments::List(list),
+                ..
+            }) => {
+                for arg in &list.args {
+                    let (FunctionArg::Unnamed(arg)
+                    | FunctionArg::Named { arg, .. }
+                    | FunctionArg::ExprNamed { arg, .. }) = arg;
+                    if let FunctionArgExpr::QualifiedWildcard(name) = arg {
+                        match last_part(name) {
+                            Some(qualifier) => self.resolve.named(Named::Column(&qualifier)),
+                            None => self.resolve.named(Named::Everything),
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
         if let Some(name) = settings::changed_by_expr(expr) {
             if let Err(denial) = self.resolve.setting(name.as_deref()) {
                 return ControlFlow::Break(denial);
@@ -409,6 +549,12 @@ pub(crate) struct Census {
     pub(crate) functions: Vec<Option<Parts>>,
     /// Run-time settings the statement changes (`None`: any, or one it cannot name).
     pub(crate) settings: Vec<Option<String>>,
+    /// Identifiers that may name columns, sorted (see [`Named::Column`]).
+    pub(crate) names: Vec<String>,
+    /// Table aliases, sorted.
+    pub(crate) aliases: Vec<String>,
+    /// Whether a wildcard or a whole-row write touches every column.
+    pub(crate) everything: bool,
 }
 
 impl Census {
@@ -427,6 +573,10 @@ impl Census {
         census.functions.dedup();
         census.settings.sort();
         census.settings.dedup();
+        census.names.sort();
+        census.names.dedup();
+        census.aliases.sort();
+        census.aliases.dedup();
         Ok(census)
     }
 
@@ -441,6 +591,12 @@ impl Census {
                 .settings
                 .iter()
                 .flatten()
+                .map(|s| s.len() + 24)
+                .sum::<usize>()
+            + self
+                .names
+                .iter()
+                .chain(&self.aliases)
                 .map(|s| s.len() + 24)
                 .sum::<usize>()
     }
@@ -470,5 +626,13 @@ impl Resolve for Census {
     fn setting(&mut self, name: Option<&str>) -> Result<(), Denial> {
         self.settings.push(name.map(str::to_string));
         Ok(())
+    }
+
+    fn named(&mut self, named: Named<'_>) {
+        match named {
+            Named::Column(name) => self.names.push(name.to_owned()),
+            Named::Alias(name) => self.aliases.push(name.to_owned()),
+            Named::Everything => self.everything = true,
+        }
     }
 }

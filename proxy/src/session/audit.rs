@@ -12,10 +12,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use portcullis_audit::event::{
-    AuditEvent, ClientInfo, DecisionInfo, EventKind, Outcome, SessionTotals, StatementInfo,
+    AuditEvent, ClientInfo, DecisionInfo, EventId, EventKind, Outcome, SessionTotals,
+    StatementInfo, Timestamp, TouchedColumn, TouchedTable,
 };
 use portcullis_audit::pipeline::Auditor;
-use portcullis_policy::Identity;
+use portcullis_policy::{Identity, TouchedRelation};
 
 use super::handshake::TlsInfo;
 
@@ -66,6 +67,16 @@ fn client_info(ctx: &SessionContext<'_>) -> ClientInfo {
         client.cert_subject = tls.client_subject.clone();
     }
     client
+}
+
+/// The `slow_statement` event for a completed statement event: the same content
+/// under its own kind, id and time.
+pub fn slow_statement_event(statement: &AuditEvent) -> AuditEvent {
+    let mut event = statement.clone();
+    event.kind = EventKind::SlowStatement;
+    event.time = Timestamp::now();
+    event.id = EventId::new(event.time);
+    event
 }
 
 /// A login attempt's event.
@@ -120,11 +131,35 @@ impl SessionAudit {
         &self.auditor
     }
 
-    /// Describes a statement text and its decision.
-    pub fn describe(sql: &str, decision: DecisionInfo, classes: &[&str]) -> Arc<StatementAudit> {
+    /// Describes a statement text, what it touched and its decision; with
+    /// `full_text` the client's own text is kept too (`[audit] full_statement_text`).
+    pub fn describe(
+        sql: &str,
+        decision: DecisionInfo,
+        classes: &[&str],
+        touched: &[TouchedRelation],
+        full_text: bool,
+    ) -> Arc<StatementAudit> {
         let mut info = StatementInfo::from_sql(sql);
         for class in classes {
             info = info.with_class(*class);
+        }
+        for relation in touched {
+            info = info.with_table(TouchedTable {
+                name: relation.name.clone(),
+                classes: Vec::new(),
+                columns: relation
+                    .columns
+                    .iter()
+                    .map(|column| TouchedColumn {
+                        name: column.name.clone(),
+                        classes: column.class.iter().cloned().collect(),
+                    })
+                    .collect(),
+            });
+        }
+        if full_text {
+            info = info.with_full_text(sql);
         }
         Arc::new(StatementAudit { info, decision })
     }
@@ -145,8 +180,8 @@ impl SessionAudit {
     fn event(&self, kind: EventKind) -> AuditEvent {
         let mut event = self.base.clone();
         event.kind = kind;
-        event.time = portcullis_audit::event::Timestamp::now();
-        event.id = portcullis_audit::event::EventId::new(event.time);
+        event.time = Timestamp::now();
+        event.id = EventId::new(event.time);
         event
     }
 

@@ -374,6 +374,14 @@ impl Frontend<'_> {
             }
         }
         let catalog = self.shared.catalog.load();
+        let full_text = self
+            .audit
+            .as_deref()
+            .is_some_and(|audit| audit.auditor().full_statement_text());
+        let describe = |decision: DecisionInfo, classes: &[&str]| {
+            let touched = self.shared.engine.touched(&policy, &catalog, sql);
+            SessionAudit::describe(sql, decision, classes, &touched, full_text)
+        };
         match self
             .shared
             .engine
@@ -411,7 +419,7 @@ impl Frontend<'_> {
                         })
                         .with_policy_version(policy.version());
                     let classes: Vec<&str> = classes.iter().map(|c| c.as_str()).collect();
-                    SessionAudit::describe(sql, decision, &classes)
+                    describe(decision, &classes)
                 });
                 (Ok(forward), stmt)
             }
@@ -433,7 +441,7 @@ impl Frontend<'_> {
                     let decision = DecisionInfo::new(Outcome::Denied)
                         .with_rule(denial.rule.clone())
                         .with_policy_version(policy.version());
-                    SessionAudit::describe(sql, decision, &[])
+                    describe(decision, &[])
                 });
                 (Err(PgError::error(denial.sqlstate, denial.message)), stmt)
             }
@@ -620,6 +628,7 @@ impl Backend<'_> {
                                 .observe(elapsed.as_secs_f64());
                             if let Some(auditor) = &self.auditor {
                                 let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+                                let slow = auditor.slow_statement().is_some_and(|at| elapsed >= at);
                                 for mut event in batch.events {
                                     event.duration_us = Some(micros);
                                     if let Some(statement) = &event.statement {
@@ -628,8 +637,12 @@ impl Backend<'_> {
                                             elapsed.as_secs_f64(),
                                         );
                                     }
-                                    if auditor.emit(event).is_err() {
-                                        warn!("audit queue unavailable; the loss is counted");
+                                    let slow =
+                                        slow.then(|| super::audit::slow_statement_event(&event));
+                                    for event in std::iter::once(event).chain(slow) {
+                                        if auditor.emit(event).is_err() {
+                                            warn!("audit queue unavailable; the loss is counted");
+                                        }
                                     }
                                 }
                             }
