@@ -12,6 +12,11 @@ use anyhow::{Context, Result, bail};
 /// The `portcullis` binary of this build profile. Cargo builds another package's
 /// binaries only for its own tests, so it is built here (a no-op when up to date).
 /// Blocks: call it from `spawn_blocking` in async code.
+///
+/// `portcullis-tests` is selected too so that dependency features are unified as in
+/// the test build: built alone, `portcullis` resolves some shared dependencies with
+/// fewer features, and each of the two builds would recompile the workspace crates
+/// the other just compiled.
 pub fn portcullis_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -27,11 +32,26 @@ pub fn portcullis_bin() -> &'static Path {
         let mut build = Command::new(cargo);
         build
             .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["build", "-q", "-p", "portcullis", "--bin", "portcullis"])
+            .args(["build", "-q", "-p", "portcullis", "-p", "portcullis-tests"])
+            .args(["--bin", "portcullis"])
             .arg("--target-dir")
             .arg(target_dir);
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             build.arg("--release");
+        }
+        // What cargo set for this test (CARGO_MANIFEST_DIR, CARGO_PKG_NAME, ...) must not
+        // reach the build: build scripts that watch such variables (ring's does) would
+        // rerun, and everything above them would be recompiled, twice per test run.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            let set_for_crate = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_"]
+                .iter()
+                .any(|p| name.starts_with(p))
+                || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "CARGO_RUSTC_CURRENT_DIR"]
+                    .contains(&name.as_ref());
+            if set_for_crate {
+                build.env_remove(name.as_ref());
+            }
         }
         let status = build.status().expect("run cargo build");
         assert!(status.success(), "building the portcullis binary failed");
@@ -83,6 +103,7 @@ impl ProxyProcess {
             .arg(&self.config)
             .env_remove("PORTCULLIS_CONFIG")
             .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

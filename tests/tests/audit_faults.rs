@@ -414,6 +414,7 @@ async fn receivers_and_proxy_restarts_lose_nothing_and_keep_order() -> Result<()
     let bin = tokio::task::spawn_blocking(portcullis_bin);
     let mut env = TestEnv::start().await?;
     bin.await?;
+    println!("[{:.1} s] database up", started.elapsed().as_secs_f64());
     // This test runs the proxy as its own process; the harness's in-process one idles.
     env.stop_proxy().await;
     let work = tempfile::Builder::new()
@@ -476,6 +477,7 @@ ack_timeout_ms = 3000
     write_config(&env, addr, &audit, &config)?;
     let mut proxy = ProxyProcess::new(&config, addr, &dir.join("portcullis.log"));
     proxy.start().await?;
+    println!("[{:.1} s] receivers and proxy up", started.elapsed().as_secs_f64());
 
     let tally = Arc::new(Tally::default());
     let never = CancellationToken::new();
@@ -483,7 +485,7 @@ ack_timeout_ms = 3000
     // A: everything up.
     join_load("A", start_load(addr, &env.database, 50, false, &never, &tally)).await?;
     let a = wait_delivered("A, all up", Duration::from_secs(20), &trail, &rsyslog, &nats).await?;
-    println!("A: {} events delivered everywhere", a.chain.len());
+    println!("[{:.1} s] A: {} events delivered everywhere", started.elapsed().as_secs_f64(), a.chain.len());
 
     // rsyslog dies between batches (see the module docs); the load goes on.
     rsyslog.kill();
@@ -504,6 +506,7 @@ ack_timeout_ms = 3000
         proxy.log_text()
     );
     let first_run = read_chain(&trail)?;
+    println!("[{:.1} s] B: proxy stopped", started.elapsed().as_secs_f64());
     let (siem_spool, bus_spool) = (spool_bytes(&state, "siem"), spool_bytes(&state, "bus"));
     println!(
         "B: proxy stopped after {} events; spools: siem {siem_spool} bytes, bus {bus_spool} bytes",
@@ -518,6 +521,7 @@ ack_timeout_ms = 3000
     proxy.start().await?;
     join_load("C", start_load(addr, &env.database, 40, false, &never, &tally)).await?;
 
+    println!("[{:.1} s] C: done", started.elapsed().as_secs_f64());
     // D: the receivers come back in the middle of the load.
     let base = tally.answered.load(Ordering::SeqCst);
     let d = start_load(addr, &env.database, 60, false, &never, &tally);
@@ -526,17 +530,20 @@ ack_timeout_ms = 3000
     nats.start()?;
     join_load("D", d).await?;
 
+    println!("[{:.1} s] D: done", started.elapsed().as_secs_f64());
     // E: a few more.
     let e = start_load(addr, &env.database, 5, false, &never, &tally);
     join_load("E", e).await?;
     wait_delivered("after the receivers came back", Duration::from_secs(45), &trail, &rsyslog, &nats)
         .await?;
 
+    println!("[{:.1} s] E: delivered", started.elapsed().as_secs_f64());
     // Stop the proxy so that the chain is final, then look at everything.
     let status = proxy.terminate(Duration::from_secs(30)).await?;
     ensure!(status.success(), "portcullis exited with {status}");
     let end = wait_delivered("final", Duration::from_secs(20), &trail, &rsyslog, &nats).await?;
     let chain = &end.chain;
+    println!("[{:.1} s] final", started.elapsed().as_secs_f64());
 
     // The chain: intact across the restart, and it holds every answered statement.
     let report = portcullis_tests::portcullis_audit::verify::verify(
@@ -610,6 +617,16 @@ ack_timeout_ms = 3000
             d.resends.len(),
             d.resends
         );
+    }
+    // The faults did hit both sinks (and were recovered from, as shown above).
+    let log = proxy.log_text();
+    for sink in ["siem", "bus"] {
+        let failures = log
+            .lines()
+            .filter(|l| l.contains("audit sink failed") && l.contains(&format!("sink={sink} ")))
+            .count();
+        println!("{sink}: {failures} failed sends logged by the proxy");
+        ensure!(failures > 0, "the proxy never saw sink {sink} fail:\n{log}");
     }
     println!("took {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
