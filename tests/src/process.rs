@@ -44,11 +44,20 @@ pub fn portcullis_bin() -> &'static Path {
         // rerun, and everything above them would be recompiled, twice per test run.
         for (name, _) in std::env::vars_os() {
             let name = name.to_string_lossy();
-            let set_for_crate = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_"]
-                .iter()
-                .any(|p| name.starts_with(p))
-                || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "CARGO_RUSTC_CURRENT_DIR"]
-                    .contains(&name.as_ref());
+            let set_for_crate = [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|p| name.starts_with(p))
+                || [
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "CARGO_RUSTC_CURRENT_DIR",
+                ]
+                .contains(&name.as_ref());
             if set_for_crate {
                 build.env_remove(name.as_ref());
             }
@@ -115,7 +124,12 @@ impl ProxyProcess {
             if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
                 return Ok(());
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok()).flatten() {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok())
+                .flatten()
+            {
                 self.child = None;
                 bail!("portcullis exited with {status}:\n{}", self.log_text());
             }

@@ -196,7 +196,12 @@ impl NatsServer {
             .stderr(log)
             .spawn()
             .context("start nats-server")?;
-        let up = wait_listening(&mut child, self.port, Duration::from_secs(15), "nats-server");
+        let up = wait_listening(
+            &mut child,
+            self.port,
+            Duration::from_secs(15),
+            "nats-server",
+        );
         self.child = Some(child);
         up.with_context(|| self.stderr())
     }

@@ -108,7 +108,8 @@ fn read_syslog(rsyslog: &Rsyslog) -> Result<Vec<Arrival>> {
             let a = Arrival::from_json(&v)
                 .with_context(|| format!("rsyslog got a MSG that is not an event: {line}"))?;
             ensure!(
-                line.starts_with("<") && line.contains(&format!(" id=\"{}\"", a.id))
+                line.starts_with("<")
+                    && line.contains(&format!(" id=\"{}\"", a.id))
                     && line.contains(&format!(" seq=\"{}\"", a.seq)),
                 "structured data and MSG disagree: {line}"
             );
@@ -160,16 +161,15 @@ impl Snapshot {
         })
     }
 
-    /// Chain events not (yet) at rsyslog and at NATS.
-    fn missing(&self) -> (usize, usize) {
-        let count = |got: &[Arrival]| {
+    /// Chain events not (yet) at rsyslog and at NATS: how many, and the first seq.
+    fn missing(&self) -> [(usize, Option<u64>); 2] {
+        let missing = |got: &[Arrival]| {
             let ids: std::collections::HashSet<&str> = got.iter().map(|a| a.id.as_str()).collect();
-            self.chain
-                .iter()
-                .filter(|e| !ids.contains(e.id.as_str()))
-                .count()
+            let mut absent = self.chain.iter().filter(|e| !ids.contains(e.id.as_str()));
+            let first = absent.next().map(|e| e.seq);
+            (first.map_or(0, |_| 1 + absent.count()), first)
         };
-        (count(&self.syslog), count(&self.nats))
+        [missing(&self.syslog), missing(&self.nats)]
     }
 }
 
@@ -186,17 +186,20 @@ async fn wait_delivered(
     let mut last_len = usize::MAX;
     loop {
         let s = Snapshot::take(trail, rsyslog, nats).await?;
-        let missing = s.missing();
-        if missing == (0, 0) && s.chain.len() == last_len {
+        let [syslog, nats_missing] = s.missing();
+        if syslog.0 == 0 && nats_missing.0 == 0 && s.chain.len() == last_len {
             return Ok(s);
         }
         if Instant::now() > deadline {
             bail!(
-                "{what}: after {limit:?}, of {} chain events {} never reached rsyslog and {} \
-                 never reached NATS\n--- rsyslogd:\n{}\n--- nats-server (tail):\n{}",
+                "{what}: after {limit:?}, of {} chain events {} never reached rsyslog (the \
+                 first: seq {:?}) and {} never reached NATS (the first: seq {:?})\n\
+                 --- rsyslogd:\n{}\n--- nats-server (tail):\n{}",
                 s.chain.len(),
-                missing.0,
-                missing.1,
+                syslog.0,
+                syslog.1,
+                nats_missing.0,
+                nats_missing.1,
                 rsyslog.stderr(),
                 tail(&nats.stderr(), 3000),
             );
@@ -236,7 +239,11 @@ fn check_delivery(sink: &str, chain: &[Event], got: &[Arrival]) -> Result<Delive
     let mut resend: Option<usize> = None;
     for (n, a) in got.iter().enumerate() {
         let Some(&i) = index.get(&a.seq).filter(|_| a.instance == INSTANCE) else {
-            bail!("{sink}: arrival {n} (instance {}, seq {}) is not in the chain", a.instance, a.seq);
+            bail!(
+                "{sink}: arrival {n} (instance {}, seq {}) is not in the chain",
+                a.instance,
+                a.seq
+            );
         };
         let e = &chain[i];
         ensure!(
@@ -387,10 +394,9 @@ async fn join_load(what: &str, load: Vec<JoinHandle<Result<()>>>) -> Result<()> 
 
 /// Waits (up to 30 s) until the clients have had `n` statements answered in all.
 async fn wait_answered(what: &str, tally: &Tally, n: u64) -> Result<()> {
-    let ok = portcullis_tests::eventually(30, || async {
-        tally.answered.load(Ordering::SeqCst) >= n
-    })
-    .await;
+    let ok =
+        portcullis_tests::eventually(30, || async { tally.answered.load(Ordering::SeqCst) >= n })
+            .await;
     ensure!(
         ok,
         "{what}: only {} statements answered within 30 s (waited for {n})",
@@ -477,15 +483,33 @@ ack_timeout_ms = 3000
     write_config(&env, addr, &audit, &config)?;
     let mut proxy = ProxyProcess::new(&config, addr, &dir.join("portcullis.log"));
     proxy.start().await?;
-    println!("[{:.1} s] receivers and proxy up", started.elapsed().as_secs_f64());
+    println!(
+        "[{:.1} s] receivers and proxy up",
+        started.elapsed().as_secs_f64()
+    );
 
     let tally = Arc::new(Tally::default());
     let never = CancellationToken::new();
 
     // A: everything up.
-    join_load("A", start_load(addr, &env.database, 50, false, &never, &tally)).await?;
-    let a = wait_delivered("A, all up", Duration::from_secs(20), &trail, &rsyslog, &nats).await?;
-    println!("[{:.1} s] A: {} events delivered everywhere", started.elapsed().as_secs_f64(), a.chain.len());
+    join_load(
+        "A",
+        start_load(addr, &env.database, 50, false, &never, &tally),
+    )
+    .await?;
+    let a = wait_delivered(
+        "A, all up",
+        Duration::from_secs(20),
+        &trail,
+        &rsyslog,
+        &nats,
+    )
+    .await?;
+    println!(
+        "[{:.1} s] A: {} events delivered everywhere",
+        started.elapsed().as_secs_f64(),
+        a.chain.len()
+    );
 
     // rsyslog dies between batches (see the module docs); the load goes on.
     rsyslog.kill();
@@ -506,7 +530,10 @@ ack_timeout_ms = 3000
         proxy.log_text()
     );
     let first_run = read_chain(&trail)?;
-    println!("[{:.1} s] B: proxy stopped", started.elapsed().as_secs_f64());
+    println!(
+        "[{:.1} s] B: proxy stopped",
+        started.elapsed().as_secs_f64()
+    );
     let (siem_spool, bus_spool) = (spool_bytes(&state, "siem"), spool_bytes(&state, "bus"));
     println!(
         "B: proxy stopped after {} events; spools: siem {siem_spool} bytes, bus {bus_spool} bytes",
@@ -519,7 +546,11 @@ ack_timeout_ms = 3000
 
     // C: the proxy again, same config and state, receivers still down.
     proxy.start().await?;
-    join_load("C", start_load(addr, &env.database, 40, false, &never, &tally)).await?;
+    join_load(
+        "C",
+        start_load(addr, &env.database, 40, false, &never, &tally),
+    )
+    .await?;
 
     println!("[{:.1} s] C: done", started.elapsed().as_secs_f64());
     // D: the receivers come back in the middle of the load.
@@ -534,8 +565,14 @@ ack_timeout_ms = 3000
     // E: a few more.
     let e = start_load(addr, &env.database, 5, false, &never, &tally);
     join_load("E", e).await?;
-    wait_delivered("after the receivers came back", Duration::from_secs(45), &trail, &rsyslog, &nats)
-        .await?;
+    wait_delivered(
+        "after the receivers came back",
+        Duration::from_secs(45),
+        &trail,
+        &rsyslog,
+        &nats,
+    )
+    .await?;
 
     println!("[{:.1} s] E: delivered", started.elapsed().as_secs_f64());
     // Stop the proxy so that the chain is final, then look at everything.
@@ -563,7 +600,11 @@ ack_timeout_ms = 3000
         "one chain from seq 1 without gaps expected:\n{report}"
     );
     ensure!(
-        chain.len() > first_run.len() && chain[..first_run.len()].iter().zip(&first_run).all(|(a, b)| a.id == b.id),
+        chain.len() > first_run.len()
+            && chain[..first_run.len()]
+                .iter()
+                .zip(&first_run)
+                .all(|(a, b)| a.id == b.id),
         "the second run continues the first run's chain"
     );
     let cli = tokio::process::Command::new(portcullis_bin())
@@ -630,4 +671,47 @@ ack_timeout_ms = 3000
     }
     println!("took {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// The delivery check itself: what it accepts and what it refuses.
+#[test]
+fn delivery_check_accepts_resends_and_refuses_gaps_reorders_and_strangers() {
+    let chain: Vec<Event> = (1..=6)
+        .map(|seq| Event {
+            seq,
+            id: format!("id{seq}"),
+            hash: format!("h{seq}"),
+            kind: "statement".into(),
+        })
+        .collect();
+    let got = |seqs: &[u64]| -> Vec<Arrival> {
+        seqs.iter()
+            .map(|&seq| Arrival {
+                instance: INSTANCE.into(),
+                seq,
+                id: format!("id{seq}"),
+                hash: format!("h{seq}"),
+            })
+            .collect()
+    };
+    let d = check_delivery("t", &chain, &got(&[1, 2, 3, 4, 5, 6])).unwrap();
+    assert_eq!((d.duplicates, d.resends.len()), (0, 0));
+    // A batch 3..=4 half arrived, then was re-sent whole; an interrupted re-send is
+    // started again.
+    let d = check_delivery("t", &chain, &got(&[1, 2, 3, 4, 3, 4, 5, 3, 4, 5, 6])).unwrap();
+    assert_eq!(d.duplicates, 5);
+    assert_eq!(d.resends, vec![(3, 4), (3, 5)]);
+    for (bad, why) in [
+        (&[1, 2, 4, 3, 5, 6][..], "arrived before"),
+        (&[1, 2, 3, 5, 6][..], "arrived before"),
+        (&[1, 2, 3, 4, 5][..], "never arrived"),
+        (&[1, 2, 3, 4, 2, 5, 6][..], "in the middle of a re-send"),
+        (&[1, 2, 3, 4, 5, 6, 7][..], "not in the chain"),
+    ] {
+        let e = check_delivery("t", &chain, &got(bad)).unwrap_err();
+        assert!(e.to_string().contains(why), "{bad:?}: {e}");
+    }
+    let mut forged = got(&[1, 2, 3, 4, 5, 6]);
+    forged[2].hash = "other".into();
+    assert!(check_delivery("t", &chain, &forged).is_err());
 }
