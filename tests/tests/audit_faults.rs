@@ -416,11 +416,12 @@ fn spool_bytes(state: &Path, sink: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receivers_and_proxy_restarts_lose_nothing_and_keep_order() -> Result<()> {
     let started = Instant::now();
+    let at = || format!("[{:.1} s]", started.elapsed().as_secs_f64());
     // Build the binary while the database starts.
     let bin = tokio::task::spawn_blocking(portcullis_bin);
     let mut env = TestEnv::start().await?;
     bin.await?;
-    println!("[{:.1} s] database up", started.elapsed().as_secs_f64());
+    println!("{} database up", at());
     // This test runs the proxy as its own process; the harness's in-process one idles.
     env.stop_proxy().await;
     let work = tempfile::Builder::new()
@@ -483,10 +484,7 @@ ack_timeout_ms = 3000
     write_config(&env, addr, &audit, &config)?;
     let mut proxy = ProxyProcess::new(&config, addr, &dir.join("portcullis.log"));
     proxy.start().await?;
-    println!(
-        "[{:.1} s] receivers and proxy up",
-        started.elapsed().as_secs_f64()
-    );
+    println!("{} receivers and proxy up", at());
 
     let tally = Arc::new(Tally::default());
     let never = CancellationToken::new();
@@ -505,11 +503,7 @@ ack_timeout_ms = 3000
         &nats,
     )
     .await?;
-    println!(
-        "[{:.1} s] A: {} events delivered everywhere",
-        started.elapsed().as_secs_f64(),
-        a.chain.len()
-    );
+    println!("{} A: {} events delivered everywhere", at(), a.chain.len());
 
     // rsyslog dies between batches (see the module docs); the load goes on.
     rsyslog.kill();
@@ -530,13 +524,10 @@ ack_timeout_ms = 3000
         proxy.log_text()
     );
     let first_run = read_chain(&trail)?;
-    println!(
-        "[{:.1} s] B: proxy stopped",
-        started.elapsed().as_secs_f64()
-    );
     let (siem_spool, bus_spool) = (spool_bytes(&state, "siem"), spool_bytes(&state, "bus"));
     println!(
-        "B: proxy stopped after {} events; spools: siem {siem_spool} bytes, bus {bus_spool} bytes",
+        "{} B: proxy stopped after {} events; spooled: siem {siem_spool} bytes, bus {bus_spool} bytes",
+        at(),
         first_run.len()
     );
     ensure!(
@@ -551,8 +542,8 @@ ack_timeout_ms = 3000
         start_load(addr, &env.database, 40, false, &never, &tally),
     )
     .await?;
+    println!("{} C: done, receivers still down", at());
 
-    println!("[{:.1} s] C: done", started.elapsed().as_secs_f64());
     // D: the receivers come back in the middle of the load.
     let base = tally.answered.load(Ordering::SeqCst);
     let d = start_load(addr, &env.database, 60, false, &never, &tally);
@@ -560,8 +551,8 @@ ack_timeout_ms = 3000
     rsyslog.start()?;
     nats.start()?;
     join_load("D", d).await?;
+    println!("{} D: done, receivers back", at());
 
-    println!("[{:.1} s] D: done", started.elapsed().as_secs_f64());
     // E: a few more.
     let e = start_load(addr, &env.database, 5, false, &never, &tally);
     join_load("E", e).await?;
@@ -573,14 +564,14 @@ ack_timeout_ms = 3000
         &nats,
     )
     .await?;
+    println!("{} E: everything delivered", at());
 
-    println!("[{:.1} s] E: delivered", started.elapsed().as_secs_f64());
     // Stop the proxy so that the chain is final, then look at everything.
     let status = proxy.terminate(Duration::from_secs(30)).await?;
     ensure!(status.success(), "portcullis exited with {status}");
     let end = wait_delivered("final", Duration::from_secs(20), &trail, &rsyslog, &nats).await?;
     let chain = &end.chain;
-    println!("[{:.1} s] final", started.elapsed().as_secs_f64());
+    println!("{} proxy stopped; checking", at());
 
     // The chain: intact across the restart, and it holds every answered statement.
     let report = portcullis_tests::portcullis_audit::verify::verify(
