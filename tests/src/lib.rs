@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 pub use portcullis;
 pub use portcullis_audit;
 
+pub mod process;
+pub mod receivers;
 pub mod wire;
 
 /// Demo users of the quickstart: (name, password).

@@ -4,36 +4,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::sync::OnceLock;
 
+use portcullis_tests::process::portcullis_bin;
 use portcullis_tests::{TestEnv, quickstart_dir};
-
-/// The `portcullis` binary of this build profile. Cargo builds another package's
-/// binaries only for its own tests, so it is built here (a no-op when up to date).
-fn portcullis_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        // target/<profile>/deps/policy_cli-<hash>
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-        let target_dir = profile_dir.parent().unwrap();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = std::process::Command::new(cargo);
-        build
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["build", "-q", "-p", "portcullis", "--bin", "portcullis"])
-            .arg("--target-dir")
-            .arg(target_dir);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            build.arg("--release");
-        }
-        let status = build.status().unwrap();
-        assert!(status.success(), "building the portcullis binary failed");
-        let bin = profile_dir.join("portcullis");
-        assert!(bin.is_file(), "{} missing", bin.display());
-        bin
-    })
-}
 
 async fn portcullis(args: &[&str]) -> Output {
     let bin = tokio::task::spawn_blocking(portcullis_bin).await.unwrap();
