@@ -329,6 +329,23 @@ impl StatementInfo {
         self
     }
 
+    /// The distinct classification classes of everything touched, sorted.
+    pub fn data_classes(&self) -> Vec<&str> {
+        let mut classes: Vec<&str> = self
+            .tables
+            .iter()
+            .flat_map(|t| {
+                t.classes
+                    .iter()
+                    .chain(t.columns.iter().flat_map(|c| &c.classes))
+            })
+            .map(String::as_str)
+            .collect();
+        classes.sort_unstable();
+        classes.dedup();
+        classes
+    }
+
     /// The text a format shows: the full text where it was kept, else the normalized.
     pub fn shown_text(&self) -> &str {
         self.full_text.as_deref().unwrap_or(&self.text)

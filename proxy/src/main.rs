@@ -101,8 +101,12 @@ enum AuditCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// Environment variable holding the HMAC key, for trails sealed with one.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "key_file")]
         key_env: Option<String>,
+        /// File holding the HMAC key (as `[audit] hmac_key_file`: owner-only, trailing
+        /// newline ignored), for trails sealed with one.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
     },
 }
 
@@ -208,9 +212,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("user {name} written to {}", file.display());
             Ok(())
         }
-        Command::Audit(AuditCommand::Verify { files, key_env }) => {
-            audit_verify(&files, key_env.as_deref())
-        }
+        Command::Audit(AuditCommand::Verify {
+            files,
+            key_env,
+            key_file,
+        }) => audit_verify(&files, key_env.as_deref(), key_file.as_deref()),
         Command::Policy(command) => policy_cli::run(command).await,
         Command::Demo {
             port,
@@ -243,18 +249,26 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn audit_verify(files: &[PathBuf], key_env: Option<&str>) -> anyhow::Result<()> {
-    let key = key_env
-        .map(|var| {
-            std::env::var(var).with_context(|| format!("environment variable {var} is not set"))
-        })
-        .transpose()?;
+fn audit_verify(
+    files: &[PathBuf],
+    key_env: Option<&str>,
+    key_file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let key = match (key_env, key_file) {
+        (Some(var), _) => Some(zeroize::Zeroizing::new(
+            std::env::var(var)
+                .with_context(|| format!("environment variable {var} is not set"))?
+                .into_bytes(),
+        )),
+        (None, Some(path)) => Some(portcullis_audit::pipeline::read_key_file(path)?),
+        (None, None) => None,
+    };
     let mut readers = Vec::with_capacity(files.len());
     for file in files {
         let f = std::fs::File::open(file).with_context(|| format!("{}", file.display()))?;
         readers.push(std::io::BufReader::new(f));
     }
-    let report = portcullis_audit::verify::verify(readers, key.as_deref().map(str::as_bytes));
+    let report = portcullis_audit::verify::verify(readers, key.as_ref().map(|k| k.as_slice()));
     println!("{report}");
     if report.is_ok() {
         Ok(())

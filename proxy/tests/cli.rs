@@ -189,6 +189,43 @@ fn audit_verify_accepts_an_intact_chain_and_pinpoints_a_modification() {
     assert!(text(&bad).contains("line 3"), "{}", text(&bad));
 }
 
+#[cfg(unix)]
+#[test]
+fn audit_verify_checks_a_keyed_chain_with_the_key_file() {
+    use portcullis_audit::chain::Chainer;
+    use portcullis_audit::event::AuditEvent;
+    use portcullis_audit::format::Format;
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("audit.jsonl");
+    let key = dir.path().join("chain.key");
+    std::fs::write(&key, "s3cret-chain-key\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut chainer = Chainer::new("proxy-1", Some(b"s3cret-chain-key".to_vec()));
+    let mut out = Vec::new();
+    for i in 0..3 {
+        let mut event = AuditEvent::login(format!("s{i}"), format!("user{i}"), true);
+        chainer.seal(&mut event).unwrap();
+        Format::Json.encode(&event, &mut out).unwrap();
+    }
+    std::fs::write(&file, &out).unwrap();
+    let (f, k) = (file.to_str().unwrap(), key.to_str().unwrap());
+
+    let ok = portcullis(&["audit", "verify", "--key-file", k, f], None);
+    assert!(ok.status.success(), "{}", text(&ok));
+    assert!(!text(&ok).contains("s3cret"), "the key is never printed");
+
+    std::fs::write(&key, "another-key\n").unwrap();
+    let bad = portcullis(&["audit", "verify", "--key-file", k, f], None);
+    assert!(!bad.status.success(), "{}", text(&bad));
+
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let open = portcullis(&["audit", "verify", "--key-file", k, f], None);
+    assert!(!open.status.success());
+    assert!(text(&open).contains("chmod 600"), "{}", text(&open));
+}
+
 #[test]
 fn siem_example_configuration_is_valid() {
     let example =

@@ -21,7 +21,7 @@
 //! | `msg` | detail |
 //! | `cs1`..`cs6` | session id, database, statement text, fingerprint, rule, policy version |
 //! | `cn1`..`cn3` | rows, duration (µs), seq |
-//! | `flexString1`, `flexString2` | roles, touched tables (comma-separated) |
+//! | `flexString1`, `flexString2` | roles; touched tables, comma-separated, each followed by the classes of its touched columns in brackets (`public.customers[pii.email pii.national_id]`) |
 //!
 //! Uncertain: there is no standard key for a database name or a SQL text, hence the
 //! custom strings; `flexString*` support varies by receiver; value length limits
@@ -31,7 +31,7 @@
 use std::net::IpAddr;
 
 use crate::AuditError;
-use crate::event::{AuditEvent, Severity};
+use crate::event::{AuditEvent, Severity, StatementInfo};
 use crate::format::{PRODUCT, VENDOR, VERSION, summary};
 
 /// Appends `event` as one CEF line.
@@ -113,7 +113,22 @@ pub fn encode(e: &AuditEvent, out: &mut Vec<u8>) -> Result<(), AuditError> {
         x.put("flexString1Label", "roles");
     }
     if let Some(st) = st.filter(|s| !s.tables.is_empty()) {
-        let tables: Vec<&str> = st.tables.iter().map(|t| t.name.as_str()).collect();
+        let tables: Vec<String> = st
+            .tables
+            .iter()
+            .map(|t| {
+                let one = StatementInfo {
+                    tables: vec![t.clone()],
+                    ..StatementInfo::default()
+                };
+                let classes = one.data_classes();
+                if classes.is_empty() {
+                    t.name.clone()
+                } else {
+                    format!("{}[{}]", t.name, classes.join(" "))
+                }
+            })
+            .collect();
         x.put("flexString2", &tables.join(","));
         x.put("flexString2Label", "tables");
     }
@@ -187,7 +202,7 @@ mod tests {
             "cs3=SELECT ssn FROM public.customers WHERE id \\= ? cs3Label=statement ",
             "cs4=FP cs4Label=fingerprint cs5=no-pii|for\\=analyst cs5Label=rule ",
             "cs6=abc123 cs6Label=policyVersion cn2=250 cn2Label=durationMicros cn3=42 cn3Label=seq ",
-            "flexString1=analyst flexString1Label=roles flexString2=public.customers flexString2Label=tables\n"
+            "flexString1=analyst flexString1Label=roles flexString2=public.customers[pii] flexString2Label=tables\n"
         );
         assert_eq!(
             encode_str(&e),

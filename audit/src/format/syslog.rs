@@ -7,7 +7,10 @@
 //! - HOSTNAME, APP-NAME and PROCID come from [`SyslogOptions`]; MSGID is the event kind.
 //!   Header fields are cut to the RFC's lengths and anything outside printable
 //!   US-ASCII becomes `_`; an empty field is the NILVALUE `-`.
-//! - One structured-data element carries the event's identity and chain position;
+//! - One structured-data element carries the event's identity and chain position
+//!   (`id`, `instance`, `seq`, `hash`), `session`, `user`, `outcome`, `sqlstate`, and
+//!   for statements the touched `tables` and the data `classes` (comma-separated), so
+//!   that a collector can route classified access without parsing MSG;
 //!   PARAM-VALUEs escape `"`, `\` and `]` as RFC 5424 §6.3.3 requires, and control
 //!   characters become spaces so that a message stays on one line.
 //! - MSG is the native JSON event or a one-line summary ([`SyslogMsg`]). It is written
@@ -122,6 +125,23 @@ pub fn encode(e: &AuditEvent, opts: &SyslogOptions, out: &mut Vec<u8>) -> Result
         ("user", e.user.clone()),
         ("outcome", d.map(|d| d.outcome.as_str().to_owned())),
         ("sqlstate", e.sqlstate.clone()),
+        (
+            "tables",
+            e.statement
+                .as_ref()
+                .filter(|st| !st.tables.is_empty())
+                .map(|st| {
+                    let names: Vec<&str> = st.tables.iter().map(|t| t.name.as_str()).collect();
+                    names.join(",")
+                }),
+        ),
+        (
+            "classes",
+            e.statement
+                .as_ref()
+                .map(|st| st.data_classes().join(","))
+                .filter(|c| !c.is_empty()),
+        ),
         ("hash", Some(e.hash.clone()).filter(|h| !h.is_empty())),
     ];
     for (name, value) in params {
@@ -214,7 +234,7 @@ mod tests {
         let expected = concat!(
             "<132>1 2026-11-24T14:22:30.123456Z db-proxy.example.com portcullis 4242 statement ",
             "[portcullis@32473 id=\"019ab6a1-2b3b-7000-8000-000000000001\" instance=\"px-1\" seq=\"42\" ",
-            "session=\"s-7\" user=\"alice\" outcome=\"denied\" sqlstate=\"42501\" hash=\"sha256:bb\"] ",
+            "session=\"s-7\" user=\"alice\" outcome=\"denied\" sqlstate=\"42501\" tables=\"public.customers\" classes=\"pii\" hash=\"sha256:bb\"] ",
             "SQL statement denied: SELECT ssn FROM public.customers WHERE id = ?\n"
         );
         assert_eq!(encode_str(&e, &opts(SyslogMsg::Text)), expected);

@@ -109,9 +109,17 @@ fn chain_key(
         })?;
         return Ok(Some(zeroize::Zeroizing::new(key.into_bytes())));
     }
-    let Some(path) = &config.hmac_key_file else {
-        return Ok(None);
-    };
+    match &config.hmac_key_file {
+        Some(path) => read_key_file(path).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Reads a chain key from `path`: the file's bytes without trailing line breaks.
+/// Refuses a file that group or others may read, and an empty key.
+pub fn read_key_file(
+    path: &std::path::Path,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, AuditConfigError> {
     let invalid =
         |why: String| AuditConfigError::Invalid(format!("hmac_key_file {}: {why}", path.display()));
     #[cfg(unix)]
@@ -135,7 +143,7 @@ fn chain_key(
     if key.is_empty() {
         return Err(invalid("the file is empty".into()));
     }
-    Ok(Some(key))
+    Ok(key)
 }
 
 /// A sink ready to run, with its settings and the format the pipeline encodes for it.

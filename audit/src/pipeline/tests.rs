@@ -373,3 +373,57 @@ async fn network_sinks_are_built_from_config() {
         assert!(!spool.is_empty(), "{name}");
     }
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn chain_key_from_a_private_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let key_path = dir.path().join("chain.key");
+    std::fs::write(&key_path, b"correct horse battery staple\n").unwrap();
+    let mut c = config(dir.path());
+    let mut s = SinkConfig::new("local", SinkKind::File);
+    s.file = Some(FileSettings {
+        path: path.clone(),
+        max_bytes: 0,
+        retain_count: None,
+        retain_age_secs: None,
+    });
+    c.sinks.push(s);
+    c.hmac_key_file = Some(key_path.clone());
+
+    // A key others may read is refused, naming the file and the fix.
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let refused = Auditor::start(&c, CancellationToken::new())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("chain.key") && refused.contains("chmod 600"),
+        "{refused}"
+    );
+
+    // Both sources at once are refused.
+    let mut both = c.clone();
+    both.hmac_key_env = Some("PORTCULLIS_TEST_UNSET_KEY".into());
+    let refused = Auditor::start(&both, CancellationToken::new())
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("at most one"), "{refused}");
+
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let shutdown = CancellationToken::new();
+    let (auditor, handle) = Auditor::start(&c, shutdown.clone()).unwrap();
+    for i in 0..5 {
+        auditor.emit(event(i)).unwrap();
+    }
+    shutdown.cancel();
+    handle.await.unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("\"hash\":\"hmac-sha256:"), "{text}");
+    // The key is the file's bytes without the trailing newline.
+    let keyed = crate::verify::verify([text.as_bytes()], Some(b"correct horse battery staple"));
+    assert!(keyed.is_ok(), "{:?}", keyed.problems);
+    let wrong = crate::verify::verify([text.as_bytes()], Some(b"another key"));
+    assert!(!wrong.is_ok());
+}
