@@ -678,9 +678,10 @@ impl AuditEvent {
             EventKind::AuditLoss => Severity::Critical,
             EventKind::PolicyReloadRefused => Severity::Error,
             EventKind::LoginFailure => Severity::Warning,
-            EventKind::PolicyReload | EventKind::ConfigChange | EventKind::KeyEvent => {
-                Severity::Notice
-            }
+            EventKind::PolicyReload
+            | EventKind::ConfigChange
+            | EventKind::KeyEvent
+            | EventKind::SlowStatement => Severity::Notice,
             EventKind::Statement
                 if self
                     .decision

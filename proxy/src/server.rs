@@ -166,6 +166,24 @@ impl Server {
             drain: CancellationToken::new(),
             kill: CancellationToken::new(),
         });
+        if let Some(auditor) = &shared.audit {
+            let started = portcullis_audit::event::AuditEvent::new(
+                portcullis_audit::event::EventKind::ConfigChange,
+            )
+            .with_detail(format!(
+                "proxy started on {}; configuration {}; policy version {}",
+                listener
+                    .local_addr()
+                    .map_or_else(|_| "?".to_owned(), |a| a.to_string()),
+                config_path
+                    .as_deref()
+                    .map_or_else(|| "(built in)".to_owned(), |p| p.display().to_string()),
+                shared.policy.load().version()
+            ));
+            if auditor.emit(started).is_err() {
+                warn!("audit queue unavailable; the loss is counted");
+            }
+        }
         let catalog_retry = Duration::from_secs(config.catalog.retry_secs.max(1));
         let catalog_loaded = refresh::load_and_publish(&shared, &catalog_loader).await;
         if !catalog_loaded {
@@ -217,17 +235,39 @@ impl Server {
         let shared = &self.shared;
         shared.catalog_refresher.request_reload();
         let mut ok = true;
+        use portcullis_audit::event::EventKind::ConfigChange;
         if let Some(tls) = &shared.tls {
-            if let Err(e) = tls.reload() {
-                ok = false;
-                error!(error = %e, "TLS reload failed; keeping the previous certificate");
+            match tls.reload() {
+                Ok(()) => self.audit_event(ConfigChange, "TLS certificate and key reloaded".into()),
+                Err(e) => {
+                    ok = false;
+                    error!(error = %e, "TLS reload failed; keeping the previous certificate");
+                    self.audit_event(
+                        ConfigChange,
+                        format!("TLS reload refused, the previous certificate stays: {e}"),
+                    );
+                }
             }
         }
         match UserStore::load(&self.users_file) {
-            Ok(users) => shared.users.store(Arc::new(users)),
+            Ok(users) => {
+                self.audit_event(
+                    ConfigChange,
+                    format!(
+                        "user store {} reloaded: {} users",
+                        self.users_file.display(),
+                        users.len()
+                    ),
+                );
+                shared.users.store(Arc::new(users));
+            }
             Err(e) => {
                 ok = false;
                 error!(error = %e, "user store reload failed; keeping the previous one");
+                self.audit_event(
+                    ConfigChange,
+                    format!("user store reload refused, the previous one stays: {e}"),
+                );
             }
         }
         if let Some(path) = &self.config_path {

@@ -80,6 +80,15 @@ path = "{trail}"
         kinds.contains(&"login_success") && kinds.contains(&"login_failure"),
         "{kinds:?}"
     );
+    // The start is a configuration change, naming the policy version in force.
+    let started = &events[0];
+    assert_eq!(started["kind"], "config_change", "{started}");
+    assert!(
+        started["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("proxy started") && d.contains("policy version")),
+        "{started}"
+    );
 
     let statements: Vec<&serde_json::Value> =
         events.iter().filter(|e| e["kind"] == "statement").collect();
@@ -225,9 +234,19 @@ path = "{trail}"
         )
         .await?;
     stdout(&out)?;
+    // A SIGHUP reload is a configuration change (nextest runs each test in its own
+    // process, so the signal reaches only this test's proxy).
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()?;
+    assert!(status.success(), "kill -HUP failed");
 
     let read = || std::fs::read_to_string(&trail).unwrap_or_default();
-    let complete = eventually(10, || async { read().contains("\"kind\":\"session_end\"") }).await;
+    let complete = eventually(10, || async {
+        let t = read();
+        t.contains("\"kind\":\"session_end\"") && t.contains("user store")
+    })
+    .await;
     let text = read();
     assert!(complete, "a session end expected in:\n{text}");
     let events: Vec<serde_json::Value> = text
@@ -273,6 +292,21 @@ path = "{trail}"
     assert_eq!(
         original["statement"]["fingerprint"],
         slow[0]["statement"]["fingerprint"]
+    );
+
+    let changes: Vec<&str> = events
+        .iter()
+        .filter(|e| e["kind"] == "config_change")
+        .filter_map(|e| e["detail"].as_str())
+        .collect();
+    assert!(
+        changes
+            .iter()
+            .any(|d| d.contains("TLS certificate and key reloaded"))
+            && changes
+                .iter()
+                .any(|d| d.contains("user store") && d.contains("reloaded")),
+        "{changes:?}"
     );
 
     let report = portcullis_tests::portcullis_audit::verify::verify([text.as_bytes()], None);
