@@ -22,7 +22,6 @@
 //! - The chain key from the key provider (today: an environment variable), chain state
 //!   persisted under `state_dir` for trails kept only in non-JSON formats.
 //! - The fault-injection test across a proxy restart and the audit-path benchmark.
-//! - Collapsing literal lists (`IN (?, ?, ?)`) in fingerprints.
 //! - Serde configuration (`AuditConfig` with `deny_unknown_fields`, one section per
 //!   sink) for the binary to aggregate; today [`sink::file::FileSinkConfig`] and
 //!   [`format::SyslogOptions`] are plain structs.
