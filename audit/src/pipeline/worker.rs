@@ -209,9 +209,11 @@ impl Worker {
         batch.push(first);
         let deadline = Instant::now() + self.settings.flush;
         while batch.len() < max {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some(r)) => batch.push(r),
-                Ok(None) => return true,
+            // Take whatever is queued at once (one wake-up per burst, not per record).
+            let room = max - batch.len();
+            match tokio::time::timeout_at(deadline, self.rx.recv_many(batch, room)).await {
+                Ok(0) => return true,
+                Ok(_) => {}
                 Err(_) => break,
             }
         }
