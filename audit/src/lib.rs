@@ -32,6 +32,7 @@
 //! - Checking OCSF output against the OCSF 1.3.0 schema (see [`format::ocsf`] for the
 //!   mapping choices that are uncertain) and CEF output against a real receiver.
 
+mod canonical;
 pub mod chain;
 mod error;
 pub mod event;
