@@ -14,6 +14,7 @@
 //!   integers, duplicate keys) with [`Unsupported`], so that the caller can fall back
 //!   to `write_value`; it never writes something different.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io::Write;
 
@@ -58,7 +59,14 @@ pub(crate) fn write_value(v: &Value, out: &mut Vec<u8>) -> Result<(), AuditError
 /// Appends `v` to `out` as canonical JSON, the same bytes as
 /// `write_value(&serde_json::to_value(v)?)`. On error `out` may hold part of `v`.
 pub(crate) fn write<T: Serialize + ?Sized>(v: &T, out: &mut Vec<u8>) -> Result<(), Unsupported> {
-    v.serialize(Canonical { out })
+    let mut st = State {
+        out: std::mem::take(out),
+        scratch: Vec::new(),
+        members: Vec::new(),
+    };
+    let r = v.serialize(Canonical { st: &mut st });
+    *out = st.out;
+    r
 }
 
 /// The value holds something [`write`] does not reproduce exactly (or its `Serialize`
@@ -92,14 +100,31 @@ fn display(out: &mut Vec<u8>, v: impl fmt::Display) -> Result<(), Unsupported> {
     write!(out, "{v}").map_err(|e| Unsupported(e.to_string()))
 }
 
+/// What the serializer writes to, shared by every nested object and array.
+struct State {
+    out: Vec<u8>,
+    /// Where an object's members wait while they are put in key order.
+    scratch: Vec<u8>,
+    /// The members of the objects being written, innermost last: each object's
+    /// members sit above those of the objects around it (a stack).
+    members: Vec<Member>,
+}
+
+/// An object member: its key and the range of `out` its value occupies.
+struct Member {
+    key: Cow<'static, str>,
+    from: usize,
+    to: usize,
+}
+
 /// The serializer behind [`write`].
 struct Canonical<'a> {
-    out: &'a mut Vec<u8>,
+    st: &'a mut State,
 }
 
 /// A JSON array being written.
 struct Array<'a> {
-    out: &'a mut Vec<u8>,
+    st: &'a mut State,
     first: bool,
     /// Closes the `{"variant":` of a tuple variant.
     close: bool,
@@ -108,11 +133,11 @@ struct Array<'a> {
 /// A JSON object being written: members go to `out` as they come and are put in key
 /// order by [`Object::finish`].
 struct Object<'a> {
-    out: &'a mut Vec<u8>,
+    st: &'a mut State,
     /// Where this object's first member starts in `out`.
     start: usize,
-    /// Each member's key and the range of `out` its value occupies.
-    members: Vec<(String, usize, usize)>,
+    /// Where this object's members start in `State::members`.
+    base: usize,
     /// The key of a map entry whose value comes next.
     key: Option<String>,
     /// Closes the `{"variant":` of a struct variant.
@@ -120,21 +145,22 @@ struct Object<'a> {
 }
 
 impl<'a> Canonical<'a> {
-    fn object(self, len: Option<usize>, close: bool) -> Object<'a> {
-        let start = self.out.len();
+    fn object(self, close: bool) -> Object<'a> {
+        let start = self.st.out.len();
+        let base = self.st.members.len();
         Object {
-            out: self.out,
+            st: self.st,
             start,
-            members: Vec::with_capacity(len.unwrap_or(8)),
+            base,
             key: None,
             close,
         }
     }
 
     fn array(self, close: bool) -> Array<'a> {
-        self.out.push(b'[');
+        self.st.out.push(b'[');
         Array {
-            out: self.out,
+            st: self.st,
             first: true,
             close,
         }
@@ -142,45 +168,55 @@ impl<'a> Canonical<'a> {
 
     /// `{"variant":` for the enum representations serde_json uses.
     fn open_variant(&mut self, variant: &str) -> Result<(), Unsupported> {
-        self.out.push(b'{');
-        string(self.out, variant)?;
-        self.out.push(b':');
+        self.st.out.push(b'{');
+        string(&mut self.st.out, variant)?;
+        self.st.out.push(b':');
         Ok(())
     }
 }
 
 impl Object<'_> {
-    fn value<T: Serialize + ?Sized>(&mut self, key: String, v: &T) -> Result<(), Unsupported> {
-        let from = self.out.len();
-        v.serialize(Canonical {
-            out: &mut *self.out,
-        })?;
-        self.members.push((key, from, self.out.len()));
+    fn value<T: Serialize + ?Sized>(
+        &mut self,
+        key: Cow<'static, str>,
+        v: &T,
+    ) -> Result<(), Unsupported> {
+        let from = self.st.out.len();
+        v.serialize(Canonical { st: &mut *self.st })?;
+        let to = self.st.out.len();
+        self.st.members.push(Member { key, from, to });
         Ok(())
     }
 
-    fn finish(mut self) -> Result<(), Unsupported> {
-        let values = self.out.split_off(self.start);
-        self.members
-            .sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        if self.members.windows(2).any(|w| w[0].0 == w[1].0) {
+    fn finish(self) -> Result<(), Unsupported> {
+        let State {
+            out,
+            scratch,
+            members,
+        } = &mut *self.st;
+        scratch.clear();
+        scratch.extend_from_slice(&out[self.start..]);
+        out.truncate(self.start);
+        let mine = &mut members[self.base..];
+        mine.sort_unstable_by(|a, b| a.key.as_bytes().cmp(b.key.as_bytes()));
+        if mine.windows(2).any(|w| w[0].key == w[1].key) {
             // A `Value` would keep only the last; not worth reproducing.
             return unsupported("duplicate key");
         }
-        self.out.push(b'{');
-        for (i, (key, from, to)) in self.members.iter().enumerate() {
+        out.push(b'{');
+        for (i, m) in mine.iter().enumerate() {
             if i > 0 {
-                self.out.push(b',');
+                out.push(b',');
             }
-            string(self.out, key)?;
-            self.out.push(b':');
-            self.out
-                .extend_from_slice(&values[from - self.start..to - self.start]);
+            string(out, &m.key)?;
+            out.push(b':');
+            out.extend_from_slice(&scratch[m.from - self.start..m.to - self.start]);
         }
-        self.out.push(b'}');
+        out.push(b'}');
         if self.close {
-            self.out.push(b'}');
+            out.push(b'}');
         }
+        members.truncate(self.base);
         Ok(())
     }
 }
@@ -188,18 +224,16 @@ impl Object<'_> {
 impl Array<'_> {
     fn element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), Unsupported> {
         if !self.first {
-            self.out.push(b',');
+            self.st.out.push(b',');
         }
         self.first = false;
-        v.serialize(Canonical {
-            out: &mut *self.out,
-        })
+        v.serialize(Canonical { st: &mut *self.st })
     }
 
     fn finish(self) -> Result<(), Unsupported> {
-        self.out.push(b']');
+        self.st.out.push(b']');
         if self.close {
-            self.out.push(b'}');
+            self.st.out.push(b'}');
         }
         Ok(())
     }
@@ -217,33 +251,34 @@ impl<'a> ser::Serializer for Canonical<'a> {
     type SerializeStructVariant = Object<'a>;
 
     fn serialize_bool(self, v: bool) -> Result<(), Unsupported> {
-        self.out
+        self.st
+            .out
             .extend_from_slice(if v { b"true" } else { b"false" });
         Ok(())
     }
     fn serialize_i8(self, v: i8) -> Result<(), Unsupported> {
-        display(self.out, v)
+        display(&mut self.st.out, v)
     }
     fn serialize_i16(self, v: i16) -> Result<(), Unsupported> {
-        display(self.out, v)
+        display(&mut self.st.out, v)
     }
     fn serialize_i32(self, v: i32) -> Result<(), Unsupported> {
-        display(self.out, v)
+        display(&mut self.st.out, v)
     }
     fn serialize_i64(self, v: i64) -> Result<(), Unsupported> {
-        display(self.out, v)
+        display(&mut self.st.out, v)
     }
     fn serialize_u8(self, v: u8) -> Result<(), Unsupported> {
-        display(self.out, v)
+        display(&mut self.st.out, v)
     }
     fn serialize_u16(self, v: u16) -> Result<(), Unsupported> {
-        display(self.out, v)
+        display(&mut self.st.out, v)
     }
     fn serialize_u32(self, v: u32) -> Result<(), Unsupported> {
-        display(self.out, v)
+        display(&mut self.st.out, v)
     }
     fn serialize_u64(self, v: u64) -> Result<(), Unsupported> {
-        display(self.out, v)
+        display(&mut self.st.out, v)
     }
     fn serialize_i128(self, _: i128) -> Result<(), Unsupported> {
         unsupported("128-bit integer")
@@ -258,10 +293,10 @@ impl<'a> ser::Serializer for Canonical<'a> {
         unsupported("float")
     }
     fn serialize_char(self, v: char) -> Result<(), Unsupported> {
-        string(self.out, v.encode_utf8(&mut [0; 4]))
+        string(&mut self.st.out, v.encode_utf8(&mut [0; 4]))
     }
     fn serialize_str(self, v: &str) -> Result<(), Unsupported> {
-        string(self.out, v)
+        string(&mut self.st.out, v)
     }
     fn serialize_bytes(self, v: &[u8]) -> Result<(), Unsupported> {
         let mut a = self.array(false);
@@ -277,7 +312,7 @@ impl<'a> ser::Serializer for Canonical<'a> {
         v.serialize(self)
     }
     fn serialize_unit(self) -> Result<(), Unsupported> {
-        self.out.extend_from_slice(b"null");
+        self.st.out.extend_from_slice(b"null");
         Ok(())
     }
     fn serialize_unit_struct(self, _: &'static str) -> Result<(), Unsupported> {
@@ -289,7 +324,7 @@ impl<'a> ser::Serializer for Canonical<'a> {
         _: u32,
         variant: &'static str,
     ) -> Result<(), Unsupported> {
-        string(self.out, variant)
+        string(&mut self.st.out, variant)
     }
     fn serialize_newtype_struct<T: Serialize + ?Sized>(
         self,
@@ -306,10 +341,8 @@ impl<'a> ser::Serializer for Canonical<'a> {
         v: &T,
     ) -> Result<(), Unsupported> {
         self.open_variant(variant)?;
-        v.serialize(Canonical {
-            out: &mut *self.out,
-        })?;
-        self.out.push(b'}');
+        v.serialize(Canonical { st: &mut *self.st })?;
+        self.st.out.push(b'}');
         Ok(())
     }
     fn serialize_seq(self, _: Option<usize>) -> Result<Array<'a>, Unsupported> {
@@ -331,25 +364,25 @@ impl<'a> ser::Serializer for Canonical<'a> {
         self.open_variant(variant)?;
         Ok(self.array(true))
     }
-    fn serialize_map(self, len: Option<usize>) -> Result<Object<'a>, Unsupported> {
-        Ok(self.object(len, false))
+    fn serialize_map(self, _: Option<usize>) -> Result<Object<'a>, Unsupported> {
+        Ok(self.object(false))
     }
-    fn serialize_struct(self, name: &'static str, len: usize) -> Result<Object<'a>, Unsupported> {
+    fn serialize_struct(self, name: &'static str, _: usize) -> Result<Object<'a>, Unsupported> {
         if name.starts_with("$serde_json::") {
             // serde_json's private tokens (RawValue, arbitrary precision numbers).
             return unsupported(name);
         }
-        Ok(self.object(Some(len), false))
+        Ok(self.object(false))
     }
     fn serialize_struct_variant(
         mut self,
         _: &'static str,
         _: u32,
         variant: &'static str,
-        len: usize,
+        _: usize,
     ) -> Result<Object<'a>, Unsupported> {
         self.open_variant(variant)?;
-        Ok(self.object(Some(len), true))
+        Ok(self.object(true))
     }
 }
 
@@ -408,7 +441,7 @@ impl ser::SerializeMap for Object<'_> {
         let Some(key) = self.key.take() else {
             return unsupported("map value without a key");
         };
-        self.value(key, v)
+        self.value(Cow::Owned(key), v)
     }
     fn end(self) -> Result<(), Unsupported> {
         self.finish()
@@ -423,7 +456,7 @@ impl ser::SerializeStruct for Object<'_> {
         key: &'static str,
         v: &T,
     ) -> Result<(), Unsupported> {
-        self.value(key.to_owned(), v)
+        self.value(Cow::Borrowed(key), v)
     }
     fn end(self) -> Result<(), Unsupported> {
         self.finish()
@@ -438,7 +471,7 @@ impl ser::SerializeStructVariant for Object<'_> {
         key: &'static str,
         v: &T,
     ) -> Result<(), Unsupported> {
-        self.value(key.to_owned(), v)
+        self.value(Cow::Borrowed(key), v)
     }
     fn end(self) -> Result<(), Unsupported> {
         self.finish()
