@@ -23,7 +23,9 @@
 //! cargo bench -p portcullis-audit --bench pipeline -- pipeline/   # end to end only
 //! ```
 //!
-//! Criterion prints `thrpt` in elements per second: events/s. The target (audit-path
+//! Criterion prints `thrpt` in elements per second: events/s. Each end-to-end benchmark
+//! also prints the CPU time spent per event (this process, all threads; and rsyslogd's
+//! own), which a busy machine disturbs much less than the throughput. The target (audit-path
 //! benchmark issue): the file sink sustains at least 100,000 events/s. Results and the
 //! machine are in `bench/README.md`, "Audit path".
 
@@ -184,9 +186,9 @@ fn file_sink(dir: &Path, format: FormatKind) -> SinkConfig {
     sink
 }
 
-/// Emits [`EVENTS`] events and shuts the auditor down (which drains the queue and
-/// flushes the sink); returns the time that took.
-async fn emit_all(config: &AuditConfig, template: &AuditEvent) -> Duration {
+/// Starts an auditor, emits [`EVENTS`] events and shuts the auditor down (which
+/// drains the queue and flushes the sink); returns when emitting started.
+async fn emit_all(config: &AuditConfig, template: &AuditEvent) -> Instant {
     let shutdown = CancellationToken::new();
     let (auditor, handle) = Auditor::start(config, shutdown.clone()).unwrap();
     let start = Instant::now();
@@ -195,9 +197,54 @@ async fn emit_all(config: &AuditConfig, template: &AuditEvent) -> Duration {
     }
     shutdown.cancel();
     handle.await.unwrap();
-    let took = start.elapsed();
     assert_eq!(auditor.lost(), 0, "events were lost: the figure would lie");
-    took
+    start
+}
+
+/// CPU time (user + system, all threads, in clock ticks) of process `pid` ("self" for
+/// this one), from `/proc/<pid>/stat` fields 14 and 15.
+fn cpu_ticks(pid: &str) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After "(comm) ", field 3 is the first word.
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let fields: Vec<u64> = rest
+        .split(' ')
+        .skip(11)
+        .take(2)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    fields.iter().sum()
+}
+
+/// CPU spent per event over every iteration of one benchmark (warm-up included), so
+/// that a reader on a busy machine sees the cost beside the throughput.
+#[derive(Default)]
+struct CpuPerEvent {
+    events: Cell<u64>,
+    ticks: Cell<u64>,
+    other_ticks: Cell<u64>,
+}
+
+impl CpuPerEvent {
+    fn add(&self, ticks: u64, other_ticks: u64) {
+        self.events.set(self.events.get() + EVENTS as u64);
+        self.ticks.set(self.ticks.get() + ticks);
+        self.other_ticks.set(self.other_ticks.get() + other_ticks);
+    }
+
+    /// Prints µs of CPU per event, assuming 100 clock ticks per second (Linux's
+    /// USER_HZ on every common architecture).
+    fn report(&self, name: &str, other: Option<&str>) {
+        let per = |t: u64| t as f64 * 10_000.0 / self.events.get().max(1) as f64;
+        eprintln!(
+            "pipeline/{name}: {:.2} µs CPU per event in this process{} ({} events)",
+            per(self.ticks.get()),
+            other
+                .map(|o| format!(", {:.2} in {o}", per(self.other_ticks.get())))
+                .unwrap_or_default(),
+            self.events.get()
+        );
+    }
 }
 
 fn count_lines(path: &Path) -> usize {
@@ -224,31 +271,41 @@ fn pipeline(c: &mut Criterion) {
         ("file_json", FormatKind::Json),
         ("file_ocsf", FormatKind::Ocsf),
     ] {
+        let cpu = CpuPerEvent::default();
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let dir = scratch();
                     let config = config(dir.path(), file_sink(dir.path(), format));
-                    total += rt.block_on(emit_all(&config, &template));
+                    let before = cpu_ticks("self");
+                    let start = rt.block_on(emit_all(&config, &template));
+                    total += start.elapsed();
+                    cpu.add(cpu_ticks("self") - before, 0);
                     assert_eq!(count_lines(&dir.path().join("audit.log")), EVENTS);
                 }
                 total
             })
         });
+        cpu.report(name, None);
     }
 
     match Rsyslog::start() {
         Some(rsyslog) => {
+            let cpu = CpuPerEvent::default();
+            let pid = rsyslog.child.id().to_string();
             g.bench_function("rsyslog_tcp", |b| {
                 b.iter_custom(|iters| {
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
+                        let (before, other) = (cpu_ticks("self"), cpu_ticks(&pid));
                         total += rt.block_on(rsyslog.run(&template));
+                        cpu.add(cpu_ticks("self") - before, cpu_ticks(&pid) - other);
                     }
                     total
                 })
             });
+            cpu.report("rsyslog_tcp", Some("rsyslogd"));
         }
         None => eprintln!(
             "pipeline/rsyslog_tcp: skipped, {RSYSLOGD} is not installed (apt-get install rsyslog)"
@@ -356,8 +413,8 @@ impl Rsyslog {
         });
         let config = config(dir.path(), sink);
         let before = self.lines();
-        let start = Instant::now();
-        let sent = emit_all(&config, template).await;
+        let start = emit_all(&config, template).await;
+        let sent = start.elapsed();
         let deadline = Instant::now() + Duration::from_secs(60);
         while self.lines() < before + EVENTS && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(1)).await;
