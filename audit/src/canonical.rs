@@ -58,15 +58,34 @@ pub(crate) fn write_value(v: &Value, out: &mut Vec<u8>) -> Result<(), AuditError
 
 /// Appends `v` to `out` as canonical JSON, the same bytes as
 /// `write_value(&serde_json::to_value(v)?)`. On error `out` may hold part of `v`.
+#[cfg(test)]
 pub(crate) fn write<T: Serialize + ?Sized>(v: &T, out: &mut Vec<u8>) -> Result<(), Unsupported> {
-    let mut st = State {
-        out: std::mem::take(out),
-        scratch: Vec::new(),
-        members: Vec::new(),
-    };
-    let r = v.serialize(Canonical { st: &mut st });
-    *out = st.out;
-    r
+    let mut w = Writer::default();
+    w.write(v)?;
+    out.extend_from_slice(w.bytes());
+    Ok(())
+}
+
+/// [`write`] with buffers kept from one value to the next (the hash chain writes one
+/// event after the other).
+#[derive(Debug, Default)]
+pub(crate) struct Writer {
+    st: State,
+}
+
+impl Writer {
+    /// Writes `v` in canonical form, replacing what the last call wrote; see
+    /// [`Writer::bytes`].
+    pub(crate) fn write<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), Unsupported> {
+        self.st.out.clear();
+        self.st.members.clear();
+        v.serialize(Canonical { st: &mut self.st })
+    }
+
+    /// What the last successful [`Writer::write`] wrote.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.st.out
+    }
 }
 
 /// The value holds something [`write`] does not reproduce exactly (or its `Serialize`
@@ -101,6 +120,7 @@ fn display(out: &mut Vec<u8>, v: impl fmt::Display) -> Result<(), Unsupported> {
 }
 
 /// What the serializer writes to, shared by every nested object and array.
+#[derive(Debug, Default)]
 struct State {
     out: Vec<u8>,
     /// Where an object's members wait while they are put in key order.
@@ -111,6 +131,7 @@ struct State {
 }
 
 /// An object member: its key and the range of `out` its value occupies.
+#[derive(Debug)]
 struct Member {
     key: Cow<'static, str>,
     from: usize,

@@ -53,6 +53,8 @@ pub struct Chainer {
     key: Option<Vec<u8>>,
     next_seq: u64,
     prev_hash: String,
+    /// Buffers for the canonical form, kept from one event to the next.
+    canonical: canonical::Writer,
 }
 
 impl fmt::Debug for Chainer {
@@ -74,6 +76,7 @@ impl Chainer {
             key,
             next_seq: 1,
             prev_hash: String::new(),
+            canonical: canonical::Writer::default(),
         }
     }
 
@@ -124,13 +127,14 @@ impl Chainer {
         event.seq = self.next_seq;
         event.prev_hash.clone_from(&self.prev_hash);
         event.hash.clear();
-        let mut bytes = Vec::with_capacity(2048);
-        if canonical::write(&*event, &mut bytes).is_err() {
+        let hash = if self.canonical.write(&*event).is_ok() {
+            digest(self.canonical.bytes(), self.key.as_deref())?
+        } else {
             // Something the direct writer does not reproduce: the same bytes, slower.
-            bytes.clear();
+            let mut bytes = Vec::with_capacity(2048);
             canonical::write_value(&serde_json::to_value(&*event)?, &mut bytes)?;
-        }
-        let hash = digest(&bytes, self.key.as_deref())?;
+            digest(&bytes, self.key.as_deref())?
+        };
         event.hash.clone_from(&hash);
         self.prev_hash = hash;
         self.next_seq = self.next_seq.saturating_add(1);
