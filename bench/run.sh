@@ -27,6 +27,12 @@
 #                      open, nothing rewritten), through Portcullis as support_acme (target
 #                      "enforced": tenant row filter and masks on every statement) and through
 #                      pgbouncer, interleaved
+#   AUDIT=1            add the target "audited": a second Portcullis, configured like the first
+#                      but with an [audit] file sink (json, filter all) in the temp dir, so that
+#                      every statement (and login, session end) is sealed into the hash chain and
+#                      fsynced; its runs are interleaved with the others and a table prints the
+#                      ratios audited/unaudited and audited/direct, CPU per statement, and the
+#                      audit events written per statement (seq delta of the chain; < 1 = loss)
 #
 # Everything runs on 127.0.0.1 on free ports in a temporary directory that is removed on exit
 # (also on Ctrl-C). The machine's own PostgreSQL is not touched.
@@ -55,6 +61,12 @@ select) TARGETS=(direct portcullis pgbouncer) ;;
 customers) TARGETS=(direct portcullis enforced pgbouncer) ;;
 *) echo "WORKLOAD: unknown workload '$WORKLOAD' (select, customers)" >&2; exit 2 ;;
 esac
+AUDIT="${AUDIT:-0}"
+case "$AUDIT" in
+0) ;;
+1) TARGETS=("${TARGETS[0]}" portcullis audited "${TARGETS[@]:2}") ;;
+*) echo "AUDIT: 0 or 1, not '$AUDIT'" >&2; exit 2 ;;
+esac
 CLK_TCK="$(getconf CLK_TCK)"
 
 for m in $MODES; do
@@ -82,17 +94,20 @@ as_pg() {
 TMP=""
 PG_STARTED=0
 PORTCULLIS_PID=""
+AUDITED_PID=""
 PGBOUNCER_PID=""
 PGBENCH_PID=""
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     [[ -n "$PGBENCH_PID" ]] && kill "$PGBENCH_PID" 2>/dev/null || true
-    if [[ -n "$PORTCULLIS_PID" ]] && kill -0 "$PORTCULLIS_PID" 2>/dev/null; then
-        kill -TERM "$PORTCULLIS_PID" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$PORTCULLIS_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$PORTCULLIS_PID" 2>/dev/null || true
-    fi
+    for p in "$PORTCULLIS_PID" "$AUDITED_PID"; do
+        if [[ -n "$p" ]] && kill -0 "$p" 2>/dev/null; then
+            kill -TERM "$p" 2>/dev/null || true
+            for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+            kill -KILL "$p" 2>/dev/null || true
+        fi
+    done
     if [[ -n "$PGBOUNCER_PID" ]] && kill -0 "$PGBOUNCER_PID" 2>/dev/null; then
         kill -INT "$PGBOUNCER_PID" 2>/dev/null || true
         for _ in $(seq 50); do kill -0 "$PGBOUNCER_PID" 2>/dev/null || break; sleep 0.1; done
@@ -161,6 +176,7 @@ free_port() {
 }
 PG_PORT="$(free_port)"
 PORTCULLIS_PORT="$(free_port)"
+AUDITED_PORT="$(free_port)"
 PGBOUNCER_PORT="$(free_port)"
 
 BENCH_PASSWORD="$(openssl rand -hex 16)"
@@ -296,6 +312,41 @@ PORTCULLIS_PID=$!
 wait_port "$PORTCULLIS_PORT" portcullis "$PORTCULLIS_PID" ||
     { tail -20 "$TMP/portcullis/portcullis.log" >&2; die "Portcullis did not start"; }
 
+AUDIT_FILE="$TMP/audit/audit.jsonl"
+if ((AUDIT)); then
+    # The same proxy on its own port, with every event sealed into the hash chain and
+    # appended (fsync per batch) to a JSON-lines file on the temp dir's disk. Rotation at
+    # 1 GiB keeping one rotated file bounds the disk used by a long run to about 2 GiB.
+    mkdir -p "$TMP/audit"
+    chmod 0700 "$TMP/audit"
+    sed "s/^address = \"127.0.0.1:$PORTCULLIS_PORT\"\$/address = \"127.0.0.1:$AUDITED_PORT\"/" \
+        "$TMP/portcullis/portcullis.toml" >"$TMP/portcullis/portcullis-audited.toml"
+    grep -q "127.0.0.1:$AUDITED_PORT" "$TMP/portcullis/portcullis-audited.toml" ||
+        die "could not derive the audited proxy's configuration"
+    cat >>"$TMP/portcullis/portcullis-audited.toml" <<EOF
+
+[audit]
+instance = "bench"
+state_dir = "$TMP/audit/state"
+
+[[audit.sinks]]
+name = "local"
+kind = "file"
+format = "json"
+filter = "all"
+[audit.sinks.file]
+path = "$AUDIT_FILE"
+max_bytes = 1073741824
+retain_count = 1
+EOF
+    log "starting audited Portcullis on 127.0.0.1:$AUDITED_PORT (file sink $AUDIT_FILE)"
+    PORTCULLIS_THREADS="${THREADS:-1}" "$PORTCULLIS_BIN" serve --config "$TMP/portcullis/portcullis-audited.toml" \
+        >"$TMP/portcullis/portcullis-audited.log" 2>&1 &
+    AUDITED_PID=$!
+    wait_port "$AUDITED_PORT" audited "$AUDITED_PID" ||
+        { tail -20 "$TMP/portcullis/portcullis-audited.log" >&2; die "audited Portcullis did not start"; }
+fi
+
 # ---------------------------------------------------------------- pgbouncer
 copy_private "$TMP/tls/server.crt" "$TMP/pgbouncer/server.crt"
 copy_private "$TMP/tls/server.key" "$TMP/pgbouncer/server.key"
@@ -338,18 +389,39 @@ wait_port "$PGBOUNCER_PORT" pgbouncer "$PGBOUNCER_PID" ||
 port_of() {
     case "$1" in
     direct) echo "$PG_PORT" ;; portcullis | enforced) echo "$PORTCULLIS_PORT" ;; pgbouncer) echo "$PGBOUNCER_PORT" ;;
+    audited) echo "$AUDITED_PORT" ;;
     esac
 }
 pid_of() {
     case "$1" in
-    portcullis | enforced) echo "$PORTCULLIS_PID" ;; pgbouncer) echo "$PGBOUNCER_PID" ;; *) echo "" ;;
+    portcullis | enforced) echo "$PORTCULLIS_PID" ;; audited) echo "$AUDITED_PID" ;;
+    pgbouncer) echo "$PGBOUNCER_PID" ;; *) echo "" ;;
     esac
 }
 log_of() {
     case "$1" in
     direct) echo "$TMP/pg/postgres.log" ;; portcullis | enforced) echo "$TMP/portcullis/portcullis.log" ;;
-    pgbouncer) echo "$TMP/pgbouncer/pgbouncer.log" ;;
+    pgbouncer) echo "$TMP/pgbouncer/pgbouncer.log" ;; audited) echo "$TMP/portcullis/portcullis-audited.log" ;;
     esac
+}
+# The chain position (seq) of the last event in the audit file, 0 before the first.
+audit_seq() {
+    local f="$AUDIT_FILE" n
+    [[ -s "$f" ]] || { echo 0; return; }
+    n="$(tail -c 65536 "$f" | tail -n 1 | grep -o '"seq":[0-9]*' | head -1 | cut -d: -f2)" || true
+    echo "${n:-0}"
+}
+# Waits (up to 15 s) until the audit file stops growing: the events of the run just
+# ended are written (the file sink flushes at least every 200 ms).
+audit_settle() {
+    local a b
+    for _ in $(seq 50); do
+        a="$(stat -c %s "$AUDIT_FILE" 2>/dev/null || echo 0)"
+        sleep 0.3
+        b="$(stat -c %s "$AUDIT_FILE" 2>/dev/null || echo 0)"
+        [[ "$a" == "$b" ]] && return 0
+    done
+    log "audit file still growing after 15 s"
 }
 # The enforced target is Portcullis with a user whose every statement is rewritten.
 user_of() { [[ "$1" == enforced ]] && echo bench_support || echo bench; }
@@ -402,9 +474,9 @@ STAMP="$(date +%Y-%m-%d_%H%M%S)"
 RAW="$RESULTS_DIR/$STAMP.csv"
 SUMMARY="$RESULTS_DIR/$STAMP-summary.csv"
 OUTLOG="$RESULTS_DIR/$STAMP.log"
-echo "mode,clients,round,target,status,tps,latency_ms,transactions,failed,cpu_ticks,cpu_us_per_stmt,postgres_us_per_stmt,pgbench_us_per_stmt,other_cpu_pct,loadavg1" >"$RAW"
+echo "mode,clients,round,target,status,tps,latency_ms,transactions,failed,cpu_ticks,cpu_us_per_stmt,postgres_us_per_stmt,pgbench_us_per_stmt,other_cpu_pct,loadavg1,audit_events" >"$RAW"
 {
-    echo "# bench/run.sh $STAMP: WORKLOAD=$WORKLOAD DURATION=$DURATION ROUNDS=$ROUNDS CLIENTS='$CLIENTS' MODES='$MODES' SCALE=$SCALE"
+    echo "# bench/run.sh $STAMP: WORKLOAD=$WORKLOAD AUDIT=$AUDIT DURATION=$DURATION ROUNDS=$ROUNDS CLIENTS='$CLIENTS' MODES='$MODES' SCALE=$SCALE"
     echo "# portcullis: $PORTCULLIS_BIN ($("$PORTCULLIS_BIN" --version 2>&1), binary built $(date -r "$PORTCULLIS_BIN" '+%F %T %Z'); tree now at git $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet HEAD 2>/dev/null || echo '+uncommitted changes'))"
     echo "# $("$PG_BINDIR/postgres" --version); $("$PGBOUNCER_BIN" --version | head -1); $(pgbench --version)"
 } >"$OUTLOG"
@@ -423,10 +495,12 @@ for mode in $MODES; do
                 i=$((i + 1))
                 load="$(cut -d' ' -f1 /proc/loadavg)"
                 if [[ -n "${DEAD[$t]:-}" ]]; then
-                    echo "$mode,$c,$round,$t,dead,,,,,,,,,,$load" >>"$RAW"
+                    echo "$mode,$c,$round,$t,dead,,,,,,,,,,$load," >>"$RAW"
                     continue
                 fi
                 pid="$(pid_of "$t")"
+                seq_before=""
+                [[ "$t" == audited ]] && { audit_settle; seq_before="$(audit_seq)"; }
                 before=""
                 [[ -n "$pid" ]] && before="$(cpu_ticks "$pid")"
                 pg_before="$(pg_ticks)"
@@ -449,6 +523,14 @@ for mode in $MODES; do
                 pg_after="$(pg_ticks)"
                 after=""
                 [[ -n "$pid" ]] && after="$(cpu_ticks "$pid")"
+                audit_events=""
+                if [[ "$t" == audited ]]; then
+                    # The proxy's CPU includes writing the run's audit events, also those
+                    # written after pgbench ended.
+                    audit_settle
+                    [[ -n "$after" ]] && after="$(cpu_ticks "$pid")"
+                    audit_events=$(($(audit_seq) - seq_before))
+                fi
 
                 tps="$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' "$out")"
                 lat="$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' "$out")"
@@ -482,13 +564,13 @@ for mode in $MODES; do
                         printf "%.1f\n", (wall > 0 ? 100 * other * 1e6 / wall / ncpu : 0)
                     }')
                 [[ "$pg_us" == - ]] && pg_us="" && bench_us=""
-                echo "$mode,$c,$round,$t,$status,$tps,$lat,$xacts,${failed:-},$ticks,$cpu_us,$pg_us,$bench_us,$other_pct,$load" >>"$RAW"
+                echo "$mode,$c,$round,$t,$status,$tps,$lat,$xacts,${failed:-},$ticks,$cpu_us,$pg_us,$bench_us,$other_pct,$load,$audit_events" >>"$RAW"
                 {
                     echo "=== [$i/$total] $t mode=$mode clients=$c round=$round status=$status rc=$rc"
                     cat "$out"
                 } >>"$OUTLOG"
                 if [[ "$status" == ok ]]; then
-                    log "[$i/$total] $mode c=$c r=$round $t: tps=$tps lat=${lat}ms${cpu_us:+ proxy=${cpu_us}us/stmt} pg=${pg_us}us/stmt pgbench=${bench_us}us/stmt other=${other_pct}%"
+                    log "[$i/$total] $mode c=$c r=$round $t: tps=$tps lat=${lat}ms${cpu_us:+ proxy=${cpu_us}us/stmt} pg=${pg_us}us/stmt pgbench=${bench_us}us/stmt other=${other_pct}%${audit_events:+ audit_events=$audit_events}"
                 else
                     log "[$i/$total] $mode c=$c r=$round $t: $status; pgbench output:"
                     sed 's/^/    /' "$out" >&2
@@ -594,6 +676,47 @@ END {
     }
 }' "$RAW" >>"$TMP/table.txt"
 
+# Audit (AUDIT=1): the same proxy with every statement audited (A) against Portcullis
+# without audit (P) and direct PostgreSQL (D).
+AUDIT_SUMMARY="$RESULTS_DIR/$STAMP-audit-summary.csv"
+awk -F, -v summary="$AUDIT_SUMMARY" '
+function median(key,   n, i, j, v, a) {
+    n = cnt[key]
+    if (n == 0) return ""
+    for (i = 1; i <= n; i++) a[i] = vals[key, i]
+    for (i = 2; i <= n; i++) { v = a[i]; for (j = i - 1; j >= 1 && a[j] > v; j--) a[j + 1] = a[j]; a[j + 1] = v }
+    return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+}
+function add(key, v) { if (v != "") { cnt[key]++; vals[key, cnt[key]] = v + 0 } }
+function r(a, b) { return (a != "" && b != "" && b > 0) ? sprintf("%.3f", a / b) : "-" }
+function f(v, fmt) { return v == "" ? "-" : sprintf(fmt, v) }
+NR == 1 { next }
+$4 == "audited" { any = 1 }
+{
+    k = $1 SUBSEP $2
+    if (!(k in seen)) { seen[k] = 1; order[++nk] = k }
+    if ($5 == "ok") {
+        add("tps" SUBSEP k SUBSEP $4, $6); add("cpu" SUBSEP k SUBSEP $4, $11)
+        if ($4 == "audited" && $8 > 0 && $16 != "") add("evs" SUBSEP k, $16 / $8)
+    }
+}
+END {
+    if (!any) exit
+    printf "\nAudit: A = Portcullis with every statement audited (file sink, json, fsync per batch),\nP = Portcullis without audit, D = direct; medians over rounds; ev/st = audit events written per\nstatement (logins and session ends included, so slightly above 1; below 1 means events were lost)\n"
+    printf "%-8s %4s | %9s %9s %9s | %6s %6s | %8s %8s | %6s\n", "mode", "cli", "TPS D", "TPS P", "TPS A", "A/P", "A/D", "µs/st P", "µs/st A", "ev/st"
+    print "mode,clients,tps_direct,tps_portcullis,tps_audited,ratio_audited_portcullis,ratio_audited_direct,cpu_us_per_stmt_portcullis,cpu_us_per_stmt_audited,audit_events_per_stmt" > summary
+    for (o = 1; o <= nk; o++) {
+        k = order[o]; split(k, p, SUBSEP)
+        td = median("tps" SUBSEP k SUBSEP "direct"); tp = median("tps" SUBSEP k SUBSEP "portcullis"); ta = median("tps" SUBSEP k SUBSEP "audited")
+        cp = median("cpu" SUBSEP k SUBSEP "portcullis"); ca = median("cpu" SUBSEP k SUBSEP "audited")
+        ev = median("evs" SUBSEP k)
+        printf "%-8s %4s | %9s %9s %9s | %6s %6s | %8s %8s | %6s\n", p[1], p[2], f(td, "%.0f"), f(tp, "%.0f"), f(ta, "%.0f"), \
+            r(ta, tp), r(ta, td), f(cp, "%.1f"), f(ca, "%.1f"), f(ev, "%.3f")
+        printf "%s,%s,%s,%s,%s,%s,%s,%s,%s,%s\n", p[1], p[2], td, tp, ta, r(ta, tp), r(ta, td), cp, ca, ev > summary
+    }
+}' "$RAW" >>"$TMP/table.txt"
+[[ -s "$AUDIT_SUMMARY" ]] || rm -f "$AUDIT_SUMMARY"
+
 {
     echo
     echo "Portcullis vs pgbouncer (session mode) vs direct PostgreSQL over TLS: WORKLOAD=$WORKLOAD" \
@@ -605,6 +728,22 @@ END {
     cat "$TMP/table.txt"
     echo
 } | tee -a "$OUTLOG"
+if ((AUDIT)); then
+    # The whole trail the audited proxy wrote must verify: no gap, no edit, no reordering.
+    # Rotated files (names sort in rotation order), then the active one.
+    shopt -s nullglob
+    audit_files=("$AUDIT_FILE".*)
+    shopt -u nullglob
+    audit_files+=("$AUDIT_FILE")
+    if verified="$("$PORTCULLIS_BIN" audit verify "${audit_files[@]}" 2>&1)"; then
+        log "audit trail verified: $(head -1 <<<"$verified")"
+    else
+        log "audit trail did NOT verify:"
+        sed 's/^/    /' <<<"$verified" | head -20 >&2
+    fi
+    { echo "# portcullis audit verify:"; sed 's/^/#   /' <<<"$verified"; } >>"$OUTLOG"
+    log "audit summary: $AUDIT_SUMMARY"
+fi
 log "raw runs: $RAW"
 log "summary:  $SUMMARY"
 log "pgbench output: $OUTLOG"

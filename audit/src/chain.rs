@@ -12,6 +12,9 @@
 //! audit store) it also detects an attacker who rewrites the file from the edited event
 //! onward.
 //!
+//! The canonical form is written straight from the event (module `canonical`), with the
+//! `serde_json::Value` walk that `verify` uses as the reference and as the fallback.
+//!
 //! Sequence numbers start at 1; the first event of an instance has an empty
 //! `prev_hash`. [`Chainer::resume`] continues a chain after a restart from the last
 //! sealed event (see [`crate::sink::file::last_sealed`]).
@@ -23,7 +26,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::event::AuditEvent;
-use crate::{AuditError, hex};
+use crate::{AuditError, canonical, hex};
 
 /// Prefix of an unkeyed hash.
 pub const SHA256_PREFIX: &str = "sha256:";
@@ -50,6 +53,8 @@ pub struct Chainer {
     key: Option<zeroize::Zeroizing<Vec<u8>>>,
     next_seq: u64,
     prev_hash: String,
+    /// Buffers for the canonical form, kept from one event to the next.
+    canonical: canonical::Writer,
 }
 
 impl fmt::Debug for Chainer {
@@ -71,6 +76,7 @@ impl Chainer {
             key: key.map(zeroize::Zeroizing::new),
             next_seq: 1,
             prev_hash: String::new(),
+            canonical: canonical::Writer::default(),
         }
     }
 
@@ -121,8 +127,14 @@ impl Chainer {
         event.seq = self.next_seq;
         event.prev_hash.clone_from(&self.prev_hash);
         event.hash.clear();
-        let value = serde_json::to_value(&*event)?;
-        let hash = hash_value(&value, self.key.as_ref().map(|k| k.as_slice()))?;
+        let hash = if self.canonical.write(&*event).is_ok() {
+            digest(self.canonical.bytes(), self.key.as_ref().map(|k| k.as_slice()))?
+        } else {
+            // Something the direct writer does not reproduce: the same bytes, slower.
+            let mut bytes = Vec::with_capacity(2048);
+            canonical::write_value(&serde_json::to_value(&*event)?, &mut bytes)?;
+            digest(&bytes, self.key.as_ref().map(|k| k.as_slice()))?
+        };
         event.hash.clone_from(&hash);
         self.prev_hash = hash;
         self.next_seq = self.next_seq.saturating_add(1);
@@ -133,57 +145,30 @@ impl Chainer {
 /// The hash of an event given as a JSON object, computed with its `hash` member
 /// replaced by `""` (the object is not modified).
 pub fn hash_value(event: &Value, key: Option<&[u8]>) -> Result<String, AuditError> {
-    let mut bytes = Vec::with_capacity(1024);
+    let mut bytes = Vec::with_capacity(2048);
     match event {
         Value::Object(map) => {
             let mut map = map.clone();
             map.insert("hash".into(), Value::String(String::new()));
-            canonical(&Value::Object(map), &mut bytes)?;
+            canonical::write_value(&Value::Object(map), &mut bytes)?;
         }
-        other => canonical(other, &mut bytes)?,
+        other => canonical::write_value(other, &mut bytes)?,
     }
+    digest(&bytes, key)
+}
+
+/// `sha256:<hex>` of `bytes`, or `hmac-sha256:<hex>` with `key`.
+fn digest(bytes: &[u8], key: Option<&[u8]>) -> Result<String, AuditError> {
     Ok(match key {
         Some(key) => {
             // HMAC accepts keys of any length; the error arm is unreachable.
             let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key)
                 .map_err(|_| AuditError::Config("invalid HMAC key".into()))?;
-            mac.update(&bytes);
+            mac.update(bytes);
             format!("{HMAC_PREFIX}{}", hex(&mac.finalize().into_bytes()))
         }
-        None => format!("{SHA256_PREFIX}{}", hex(&Sha256::digest(&bytes))),
+        None => format!("{SHA256_PREFIX}{}", hex(&Sha256::digest(bytes))),
     })
-}
-
-/// Writes `v` as canonical JSON: sorted keys, no whitespace.
-pub(crate) fn canonical(v: &Value, out: &mut Vec<u8>) -> Result<(), AuditError> {
-    match v {
-        Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            out.push(b'{');
-            for (i, (k, v)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                serde_json::to_writer(&mut *out, k)?;
-                out.push(b':');
-                canonical(v, out)?;
-            }
-            out.push(b'}');
-        }
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, v) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                canonical(v, out)?;
-            }
-            out.push(b']');
-        }
-        scalar => serde_json::to_writer(&mut *out, scalar)?,
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -209,6 +194,30 @@ mod tests {
         assert_eq!(a.instance, "px1");
         let v = serde_json::to_value(&a).unwrap();
         assert_eq!(hash_value(&v, None).unwrap(), a.hash);
+    }
+
+    #[test]
+    fn seal_agrees_with_hash_value_on_full_events() {
+        use crate::event::DecisionInfo;
+        use crate::format::fixtures;
+        let nasty = "a\nb\"c\\d\u{0}é\u{2028}";
+        let events = [
+            fixtures::statement(),
+            fixtures::login(),
+            fixtures::statement()
+                .with_attribute(nasty, nasty)
+                .with_attribute("Z", "z")
+                .with_detail(nasty)
+                .with_decision(DecisionInfo::new(crate::event::Outcome::Rewritten)),
+        ];
+        for key in [None, Some(b"k".to_vec())] {
+            let mut c = Chainer::new("px1", key.clone());
+            for mut e in events.clone() {
+                c.seal(&mut e).unwrap();
+                let v = serde_json::to_value(&e).unwrap();
+                assert_eq!(hash_value(&v, key.as_deref()).unwrap(), e.hash);
+            }
+        }
     }
 
     #[test]

@@ -67,18 +67,40 @@ impl Timestamp {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // By hand rather than with `write!` and padding: every event is written at
+        // least twice (its hash and its record), so this is on the audit path.
         let t = self.0;
-        write!(
-            f,
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second(),
-            t.microsecond()
-        )
+        let mut b = *b"0000-00-00T00:00:00.000000Z";
+        let mut put = |at: usize, width: usize, mut v: u32| {
+            for i in (at..at + width).rev() {
+                b[i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        let year = t.year();
+        if !(0..=9999).contains(&year) {
+            // Outside RFC 3339's four digits; never produced by a clock.
+            return write!(
+                f,
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+                year,
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second(),
+                t.microsecond()
+            );
+        }
+        put(0, 4, year.unsigned_abs());
+        put(5, 2, u32::from(u8::from(t.month())));
+        put(8, 2, u32::from(t.day()));
+        put(11, 2, u32::from(t.hour()));
+        put(14, 2, u32::from(t.minute()));
+        put(17, 2, u32::from(t.second()));
+        put(20, 6, t.microsecond());
+        // Only ASCII digits and separators were written.
+        f.write_str(std::str::from_utf8(&b).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -132,16 +154,18 @@ impl EventId {
 
 impl fmt::Display for EventId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let h = format!("{:032x}", self.0);
-        write!(
-            f,
-            "{}-{}-{}-{}-{}",
-            &h[0..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..32]
-        )
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut b = [b'-'; 36];
+        let mut v = self.0;
+        for i in (0..36).rev() {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                continue;
+            }
+            b[i] = DIGITS[(v & 0xf) as usize];
+            v >>= 4;
+        }
+        // Only hex digits and dashes were written.
+        f.write_str(std::str::from_utf8(&b).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -710,6 +734,43 @@ mod tests {
         assert_eq!(back, t);
         let offset: Timestamp = serde_json::from_str("\"2023-11-15T00:13:20.12+02:00\"").unwrap();
         assert_eq!(offset, t);
+    }
+
+    #[test]
+    fn display_matches_the_padded_formats() {
+        for nanos in [
+            0i128,
+            1_795_530_150_123_456_000,
+            -62_135_596_800_000_000_000,
+            253_402_300_799_999_999_000,
+        ] {
+            let t =
+                Timestamp::from_datetime(OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap());
+            let d = t.datetime();
+            let padded = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+                d.year(),
+                u8::from(d.month()),
+                d.day(),
+                d.hour(),
+                d.minute(),
+                d.second(),
+                d.microsecond()
+            );
+            assert_eq!(t.to_string(), padded);
+        }
+        for v in [0u128, u128::MAX, 0x019a_b6a1_2b3b_7000_8000_0000_0000_0001] {
+            let h = format!("{v:032x}");
+            let dashed = format!(
+                "{}-{}-{}-{}-{}",
+                &h[0..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..32]
+            );
+            assert_eq!(EventId::from_u128(v).to_string(), dashed);
+        }
     }
 
     #[test]

@@ -5,10 +5,10 @@
 //! 1. the proxy builds an [`AuditEvent`] at a session hook (statement texts go through
 //!    [`normalize()`](normalize::normalize) so that no literal is ever recorded) and hands
 //!    it to [`pipeline::Auditor::emit`], which never blocks the query path;
-//! 2. the dispatcher seals it into the instance's hash chain with a [`Chainer`], encodes it
-//!    per sink ([`Format`]: native JSON, OCSF JSON, CEF or RFC 5424 syslog) and applies
-//!    each sink's filter;
-//! 3. each sink's worker batches, retries with backoff and jitter, and spools to disk while
+//! 2. the dispatcher seals it into the instance's hash chain with a [`Chainer`] and hands
+//!    it to each sink whose filter it passes;
+//! 3. each sink's worker batches, encodes ([`Format`]: native JSON, OCSF JSON, CEF or
+//!    RFC 5424 syslog), retries with backoff and jitter, and spools to disk while
 //!    its receiver is down, replaying in order ([`sink::file`], [`sink::syslog`] over TCP
 //!    or TLS, [`sink::http`] for Splunk HEC and Elasticsearch bulk, [`sink::nats`] for
 //!    JetStream);
@@ -21,7 +21,9 @@
 //!   dead-letter file for permanently refused batches.
 //! - The chain key from the key provider (today: an environment variable), chain state
 //!   persisted under `state_dir` for trails kept only in non-JSON formats.
-//! - The fault-injection test across a proxy restart and the audit-path benchmark.
+//! - The fault-injection test across a proxy restart. (The audit-path benchmark is
+//!   `benches/pipeline.rs` and `AUDIT=1 bench/run.sh`; see `bench/README.md`.)
+//! - Collapsing literal lists (`IN (?, ?, ?)`) in fingerprints.
 //! - Serde configuration (`AuditConfig` with `deny_unknown_fields`, one section per
 //!   sink) for the binary to aggregate; today [`sink::file::FileSinkConfig`] and
 //!   [`format::SyslogOptions`] are plain structs.
@@ -31,6 +33,7 @@
 //! - Checking OCSF output against the OCSF 1.3.0 schema (see [`format::ocsf`] for the
 //!   mapping choices that are uncertain) and CEF output against a real receiver.
 
+mod canonical;
 pub mod chain;
 mod error;
 pub mod event;

@@ -27,7 +27,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::AuditError;
-use crate::chain::canonical;
+use crate::canonical;
 use crate::event::{AuditEvent, EventKind, Outcome, Severity};
 use crate::format::{PRODUCT, VENDOR, VERSION, summary};
 
@@ -36,7 +36,7 @@ pub const OCSF_VERSION: &str = "1.3.0";
 
 /// Appends `event` as one OCSF JSON line (keys sorted, for stable output).
 pub fn encode(event: &AuditEvent, out: &mut Vec<u8>) -> Result<(), AuditError> {
-    canonical(&to_ocsf(event), out)?;
+    canonical::write_value(&to_ocsf(event), out)?;
     out.push(b'\n');
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! The dispatcher: the single task that seals events into the chain, encodes them for
-//! each sink, applies each sink's filter, and hands the records to the sink workers.
+//! The dispatcher: the single task that seals events into the chain, applies each
+//! sink's filter, and hands the sealed events to the sink workers (which encode them,
+//! in parallel with the sealing of the next ones).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,6 @@ use super::Shared;
 use super::config::Filter;
 use crate::chain::Chainer;
 use crate::event::{AuditEvent, EventKind};
-use crate::format::Format;
 
 /// How often pending losses are reported when no event arrives.
 const LOSS_TICK: Duration = Duration::from_secs(1);
@@ -20,8 +20,7 @@ const LOSS_TICK: Duration = Duration::from_secs(1);
 pub(crate) struct Route {
     pub(crate) name: String,
     pub(crate) filter: Filter,
-    pub(crate) format: Format,
-    pub(crate) tx: mpsc::Sender<Vec<u8>>,
+    pub(crate) tx: mpsc::Sender<Arc<AuditEvent>>,
 }
 
 pub(crate) struct Dispatcher {
@@ -76,20 +75,14 @@ impl Dispatcher {
             self.shared.record_loss(1);
             return;
         }
-        let mut buf = Vec::with_capacity(1024);
+        let ev = Arc::new(ev);
         for route in &self.routes {
             if !route.filter.matches(&ev) {
                 continue;
             }
-            buf.clear();
-            if let Err(e) = route.format.encode(&ev, &mut buf) {
-                tracing::error!(sink = %route.name, error = %e, "encoding audit event failed; event lost");
-                self.shared.record_loss(1);
-                continue;
-            }
             // Waiting here (when a worker is slow) lets the queue fill, which is where
             // back-pressure turns into counted loss or fail-closed refusal.
-            if route.tx.send(buf.clone()).await.is_err() {
+            if route.tx.send(Arc::clone(&ev)).await.is_err() {
                 tracing::error!(sink = %route.name, "audit sink worker is gone; event lost");
                 self.shared.record_loss(1);
             }

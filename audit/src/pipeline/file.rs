@@ -1,10 +1,11 @@
 //! The file sink as a pipeline [`Sink`].
 //!
-//! [`FileSink`] encodes sealed events itself (it owns rotation and the file's format),
-//! so the pipeline hands it native JSON records and this adapter parses them back.
-//! The write (with its fsync) runs in `spawn_blocking`.
-//!
-//! TODO: let `FileSink` take encoded records directly and drop the JSON round trip.
+//! The pipeline hands every file sink native JSON records (so that its spool always
+//! holds native JSON, from which the chain can resume after a restart). A JSON file
+//! takes them as they are: the batch is joined into one buffer and appended. A file in
+//! another format (OCSF, CEF, syslog) parses each record back into its event and
+//! encodes it in the file's format. The write (with its fsync) runs in
+//! `spawn_blocking`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,10 +19,21 @@ use crate::{AuditError, Format};
 /// A [`FileSink`] behind the [`Sink`] trait.
 pub(crate) struct FileRecordSink {
     inner: Arc<Mutex<FileSink>>,
+    /// The file is native JSON, so records are written as they come.
+    native: bool,
+}
+
+/// What one batch asks of the file.
+enum Batch {
+    /// Native JSON records, joined.
+    Encoded(Vec<u8>),
+    /// Events to encode in the file's format.
+    Events(Vec<AuditEvent>),
 }
 
 impl FileRecordSink {
     pub(crate) fn open(settings: &FileSettings, format: Format) -> Result<Self, AuditError> {
+        let native = format == Format::Json;
         let config = FileSinkConfig {
             path: settings.path.clone(),
             format,
@@ -31,6 +43,7 @@ impl FileRecordSink {
         };
         Ok(FileRecordSink {
             inner: Arc::new(Mutex::new(FileSink::open(config)?)),
+            native,
         })
     }
 }
@@ -42,20 +55,28 @@ impl Sink for FileRecordSink {
 
     fn send<'a>(&'a mut self, records: &'a [Vec<u8>]) -> SendFuture<'a> {
         Box::pin(async move {
-            let mut events = Vec::with_capacity(records.len());
-            for r in records {
-                let e: AuditEvent = serde_json::from_slice(r).map_err(|e| {
-                    SinkError::Permanent(format!("spooled record is not an event: {e}"))
-                })?;
-                events.push(e);
-            }
+            let batch = if self.native {
+                Batch::Encoded(records.concat())
+            } else {
+                let mut events = Vec::with_capacity(records.len());
+                for r in records {
+                    let e: AuditEvent = serde_json::from_slice(r).map_err(|e| {
+                        SinkError::Permanent(format!("spooled record is not an event: {e}"))
+                    })?;
+                    events.push(e);
+                }
+                Batch::Events(events)
+            };
             let inner = Arc::clone(&self.inner);
             tokio::task::spawn_blocking(move || {
-                inner
+                let mut file = inner
                     .lock()
-                    .map_err(|_| SinkError::Permanent("file sink lock poisoned".into()))?
-                    .write_batch(&events)
-                    .map_err(|e| SinkError::Retryable(e.to_string()))
+                    .map_err(|_| SinkError::Permanent("file sink lock poisoned".into()))?;
+                match &batch {
+                    Batch::Encoded(bytes) => file.write_encoded(bytes),
+                    Batch::Events(events) => file.write_batch(events),
+                }
+                .map_err(|e| SinkError::Retryable(e.to_string()))
             })
             .await
             .map_err(|e| SinkError::Retryable(format!("file sink task: {e}")))?

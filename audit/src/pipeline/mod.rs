@@ -3,9 +3,9 @@
 //! ```text
 //! Auditor::emit (try_send, never waits)
 //!   -> bounded queue (queue_capacity)
-//!   -> dispatcher task: seal (Chainer) -> per sink: filter, encode
+//!   -> dispatcher task: seal (Chainer) -> per sink: filter
 //!   -> per-sink bounded channel
-//!   -> sink worker: batch (batch_max / flush_ms) -> Sink::send
+//!   -> sink worker: batch (batch_max / flush_ms), encode -> Sink::send
 //!        on failure: spool to disk (length + SHA-256 per record, fsync per batch),
 //!        back off (100 ms .. 30 s, jittered), replay the spool in order, then resume
 //! ```
@@ -256,11 +256,11 @@ impl Auditor {
             routes.push(Route {
                 name: s.name.clone(),
                 filter: s.filter.clone(),
-                format,
                 tx,
             });
             let settings = WorkerSettings {
                 name: s.name.clone(),
+                format,
                 batch_max: s.batch_max,
                 flush: s.flush(),
                 overflow: s.overflow,

@@ -1,4 +1,8 @@
-//! One sink's worker: batch, send, retry with backoff and jitter, spool, replay.
+//! One sink's worker: batch, encode, send, retry with backoff and jitter, spool, replay.
+//!
+//! The worker receives sealed events and encodes each batch in its sink's format
+//! itself, so that sinks encode in parallel with each other and with the dispatcher's
+//! sealing (an event that cannot be encoded is counted as lost).
 //!
 //! While the spool is empty a batch goes straight to the sink. When a send fails the
 //! batch is appended to the spool and the worker backs off (100 ms doubling to 30 s,
@@ -25,6 +29,8 @@ use super::Shared;
 use super::config::Overflow;
 use super::spool::{Spool, SpoolFull};
 use crate::AuditError;
+use crate::event::AuditEvent;
+use crate::format::Format;
 use crate::sink::Sink;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -60,6 +66,8 @@ impl Backoff {
 /// Settings of one worker.
 pub(crate) struct WorkerSettings {
     pub(crate) name: String,
+    /// What the sink receives.
+    pub(crate) format: Format,
     pub(crate) batch_max: usize,
     pub(crate) flush: Duration,
     pub(crate) overflow: Overflow,
@@ -68,7 +76,7 @@ pub(crate) struct WorkerSettings {
 pub(crate) struct Worker {
     pub(crate) settings: WorkerSettings,
     pub(crate) sink: Box<dyn Sink>,
-    pub(crate) rx: mpsc::Receiver<Vec<u8>>,
+    pub(crate) rx: mpsc::Receiver<Arc<AuditEvent>>,
     pub(crate) spool: Arc<Mutex<Spool>>,
     pub(crate) shared: Arc<Shared>,
     backoff: Backoff,
@@ -78,13 +86,15 @@ pub(crate) struct Worker {
     unhealthy: bool,
     /// A `fail_closed` batch that neither the receiver nor the spool took.
     held: Option<Vec<Vec<u8>>>,
+    /// Size of the last record encoded, to size the next one's buffer.
+    record_hint: usize,
 }
 
 impl Worker {
     pub(crate) fn new(
         settings: WorkerSettings,
         sink: Box<dyn Sink>,
-        rx: mpsc::Receiver<Vec<u8>>,
+        rx: mpsc::Receiver<Arc<AuditEvent>>,
         spool: Spool,
         shared: Arc<Shared>,
     ) -> Self {
@@ -98,6 +108,7 @@ impl Worker {
             retry_at: None,
             unhealthy: false,
             held: None,
+            record_hint: 1024,
         }
     }
 
@@ -111,8 +122,10 @@ impl Worker {
                 }
                 continue;
             }
-            let mut batch = Vec::new();
-            let closed = self.fill(&mut batch).await;
+            let mut events = Vec::new();
+            let closed = self.fill(&mut events).await;
+            let batch = self.encode(&events);
+            drop(events);
             if !batch.is_empty() {
                 self.deliver_or_spool(batch).await;
             }
@@ -182,8 +195,28 @@ impl Worker {
         self.spool.lock().map(|s| s.is_empty()).unwrap_or(false)
     }
 
-    /// Collects a batch. Returns whether the channel is closed and empty.
-    async fn fill(&mut self, batch: &mut Vec<Vec<u8>>) -> bool {
+    /// Encodes `events` in the sink's format, one record each.
+    fn encode(&mut self, events: &[Arc<AuditEvent>]) -> Vec<Vec<u8>> {
+        let mut batch = Vec::with_capacity(events.len());
+        for e in events {
+            let mut record = Vec::with_capacity(self.record_hint + self.record_hint / 8);
+            match self.settings.format.encode(e, &mut record) {
+                Ok(()) => {
+                    self.record_hint = record.len();
+                    batch.push(record);
+                }
+                Err(err) => {
+                    tracing::error!(sink = %self.settings.name, error = %err,
+                        "encoding audit event failed; event lost");
+                    self.shared.record_loss(1);
+                }
+            }
+        }
+        batch
+    }
+
+    /// Collects a batch of events. Returns whether the channel is closed and empty.
+    async fn fill(&mut self, batch: &mut Vec<Arc<AuditEvent>>) -> bool {
         let max = self.settings.batch_max;
         let spooling = !self.spool_is_empty();
         if spooling && self.retry_due() {
@@ -209,9 +242,11 @@ impl Worker {
         batch.push(first);
         let deadline = Instant::now() + self.settings.flush;
         while batch.len() < max {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some(r)) => batch.push(r),
-                Ok(None) => return true,
+            // Take whatever is queued at once (one wake-up per burst, not per record).
+            let room = max - batch.len();
+            match tokio::time::timeout_at(deadline, self.rx.recv_many(batch, room)).await {
+                Ok(0) => return true,
+                Ok(_) => {}
                 Err(_) => break,
             }
         }

@@ -115,15 +115,37 @@ impl FileSink {
     /// succeeds): retry with the *same* sealed events. Resealing them would leave a
     /// gap in the chain, and dropping them must be recorded as an `audit_loss` event.
     pub fn write_batch(&mut self, events: &[AuditEvent]) -> Result<(), AuditError> {
-        self.buf.clear();
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let mut written = Ok(());
         for e in events {
-            self.config.format.encode(e, &mut self.buf)?;
+            written = self.config.format.encode(e, &mut buf);
+            if written.is_err() {
+                break;
+            }
         }
-        if self.buf.is_empty() {
+        if written.is_ok() {
+            written = self.write_encoded(&buf);
+        }
+        self.buf = buf;
+        written
+    }
+
+    /// Appends records already encoded in this sink's format (each ending with a
+    /// newline, as [`Format::encode`] writes them), like [`FileSink::write_batch`]:
+    /// rotating first if they would not fit, then `fsync`ing, and on error leaving
+    /// nothing of them in the file. Refuses bytes that do not end with a newline.
+    pub fn write_encoded(&mut self, records: &[u8]) -> Result<(), AuditError> {
+        if records.is_empty() {
             return Ok(());
         }
+        if records.last() != Some(&b'\n') {
+            return Err(AuditError::Config(
+                "audit records must end with a newline".into(),
+            ));
+        }
         self.repair_tail()?;
-        let len = self.buf.len() as u64;
+        let len = records.len() as u64;
         if self.config.max_bytes > 0
             && self.size > 0
             && self.size.saturating_add(len) > self.config.max_bytes
@@ -132,7 +154,7 @@ impl FileSink {
         }
         let written = self
             .file
-            .write_all(&self.buf)
+            .write_all(records)
             .map_err(|e| AuditError::io("write", &self.config.path, e))
             .and_then(|()| {
                 self.file
