@@ -268,7 +268,8 @@ impl Worker {
     /// the records before `from` are.
     async fn send(&mut self, records: &[Vec<u8>]) -> Result<(), Undelivered> {
         // Parts still to send, the next one last, so that order is kept.
-        let mut todo = vec![0..records.len()];
+        let mut todo = Vec::with_capacity(8);
+        todo.push(0..records.len());
         while let Some(range) = todo.pop() {
             let part = &records[range.clone()];
             match self.sink.send(part).await {
