@@ -128,7 +128,10 @@ impl Chainer {
         event.prev_hash.clone_from(&self.prev_hash);
         event.hash.clear();
         let hash = if self.canonical.write(&*event).is_ok() {
-            digest(self.canonical.bytes(), self.key.as_ref().map(|k| k.as_slice()))?
+            digest(
+                self.canonical.bytes(),
+                self.key.as_ref().map(|k| k.as_slice()),
+            )?
         } else {
             // Something the direct writer does not reproduce: the same bytes, slower.
             let mut bytes = Vec::with_capacity(2048);

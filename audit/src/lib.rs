@@ -11,14 +11,15 @@
 //!    RFC 5424 syslog), retries with backoff and jitter, and spools to disk while
 //!    its receiver is down, replaying in order ([`sink::file`], [`sink::syslog`] over TCP
 //!    or TLS, [`sink::http`] for Splunk HEC and Elasticsearch bulk, [`sink::nats`] for
-//!    JetStream);
+//!    JetStream); records a receiver refuses for good are isolated and set aside in a
+//!    per-sink dead-letter file, reported in the trail by `audit_loss`, so that one
+//!    poisoned record never blocks a sink; [`pipeline::Auditor::stats`] counts all of it
+//!    for the proxy's Prometheus metrics;
 //! 4. [`verify::verify`] (and `portcullis audit verify`) checks files of JSON lines for
 //!    modified, missing, reordered or duplicated events.
 //!
 //! # Not done yet (TODO for the rest of the audit pipeline issue)
 //!
-//! - Per-fingerprint Prometheus metrics, slow-statement events, sink metrics, and a
-//!   dead-letter file for permanently refused batches.
 //! - The chain key from the key provider (today: an environment variable), chain state
 //!   persisted under `state_dir` for trails kept only in non-JSON formats.
 //! - The fault-injection test across a proxy restart. (The audit-path benchmark is

@@ -15,12 +15,16 @@ use hyper::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use portcullis_audit::pipeline::{
+    AuditConfig, Auditor, ElasticsearchSettings, SinkConfig, SinkKind,
+};
 use portcullis_audit::sink::http::{HttpAuth, HttpSink, HttpSinkConfig};
 use portcullis_audit::sink::{Sink, SinkError};
 use portcullis_audit::{AuditEvent, EventKind, Format};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
 /// A variable cargo sets for every test run (tests cannot set variables: that is
 /// unsafe in edition 2024 and unsafe code is forbidden).
@@ -54,6 +58,10 @@ struct State {
     events: Vec<Value>,
     /// Bulk: documents by `_id`.
     docs: HashMap<String, Value>,
+    /// `picky_bulk`: answer 401 to everything while set.
+    deny: bool,
+    /// `picky_bulk`: the refused documents' lines, as they were sent.
+    refused: Vec<String>,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -168,6 +176,235 @@ async fn bulk(state: Shared, req: Request<Incoming>) -> Result<Response<Full<Byt
         StatusCode::OK,
         json!({"took":1,"errors":errors,"items":items}),
     ))
+}
+
+/// The detail of the event [`picky_bulk`] refuses.
+const POISON: &str = "poisoned record";
+
+/// Elasticsearch `_bulk` as a cluster with a strict mapping answers: the document whose
+/// `detail` is [`POISON`] fails with a 400 item (its reason quoting the value, as
+/// Elasticsearch does), the others are created (409 when they exist). No credentials;
+/// 401 to everything while `deny` is set.
+async fn picky_bulk(
+    state: Shared,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = read_body(req).await;
+    assert_eq!(parts.uri.path(), "/audit/_bulk");
+    let mut st = state.lock().unwrap();
+    if st.deny {
+        return Ok(answer(
+            StatusCode::UNAUTHORIZED,
+            json!({"error":{"type":"security_exception","reason":"missing authentication"},"status":401}),
+        ));
+    }
+    st.requests += 1;
+    let text = String::from_utf8(body).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut items = Vec::new();
+    let mut errors = false;
+    for pair in lines.chunks(2) {
+        let action: Value = serde_json::from_str(pair[0]).unwrap();
+        let id = action["create"]["_id"].as_str().unwrap().to_string();
+        let doc: Value = serde_json::from_str(pair[1]).unwrap();
+        let item = if doc["detail"] == POISON {
+            errors = true;
+            st.refused.push(pair[1].to_owned());
+            json!({"create":{"_index":"audit","_id":id,"status":400,
+                "error":{"type":"document_parsing_exception",
+                    "reason":format!("[1:2] failed to parse field [detail]. Preview of field's value: '{POISON}'")}}})
+        } else if st.docs.contains_key(&id) {
+            errors = true;
+            json!({"create":{"_index":"audit","_id":id,"status":409,
+                "error":{"type":"version_conflict_engine_exception"}}})
+        } else {
+            st.docs.insert(id.clone(), doc.clone());
+            st.events.push(doc);
+            json!({"create":{"_index":"audit","_id":id,"status":201,"result":"created"}})
+        };
+        items.push(item);
+    }
+    Ok(answer(
+        StatusCode::OK,
+        json!({"took":1,"errors":errors,"items":items}),
+    ))
+}
+
+/// A pipeline with one Elasticsearch sink named `search` posting to `url`.
+fn es_pipeline(state_dir: &std::path::Path, url: &str) -> AuditConfig {
+    let mut sink = SinkConfig::new("search", SinkKind::Elasticsearch);
+    sink.batch_max = 8;
+    sink.flush_ms = 5;
+    sink.elasticsearch = Some(ElasticsearchSettings {
+        url: url.to_owned(),
+        index: "audit".into(),
+        token_env: None,
+        user: None,
+        password_env: None,
+        gzip: Some(false),
+        ca_file: None,
+        connect_timeout_ms: Some(1000),
+        request_timeout_ms: Some(5000),
+    });
+    AuditConfig {
+        instance: "px-test".into(),
+        queue_capacity: 1024,
+        state_dir: state_dir.to_path_buf(),
+        shutdown_timeout_ms: 5_000,
+        sinks: vec![sink],
+        ..AuditConfig::default()
+    }
+}
+
+fn statement(i: usize) -> AuditEvent {
+    AuditEvent::new(EventKind::Statement).with_detail(format!("event {i}"))
+}
+
+/// Waits until `f` holds, for at most 10 s.
+async fn until(mut f: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached in time");
+}
+
+/// The `seq` of every statement event that arrived, in arrival order.
+fn statement_seqs(state: &Shared) -> Vec<u64> {
+    state
+        .lock()
+        .unwrap()
+        .events
+        .iter()
+        .filter(|e| e["kind"] == "statement")
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn pipeline_dead_letters_a_refused_record_and_delivers_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, state) = serve(picky_bulk).await;
+    let config = es_pipeline(dir.path(), &url);
+    let dead_letter = config.dead_letter_file(&config.sinks[0]);
+    let shutdown = CancellationToken::new();
+    let (auditor, handle) = Auditor::start(&config, shutdown.clone()).unwrap();
+    for i in 0..30 {
+        let event = if i == 12 {
+            AuditEvent::new(EventKind::Statement).with_detail(POISON)
+        } else {
+            statement(i)
+        };
+        auditor.emit(event).unwrap();
+    }
+    let loss_report = || {
+        state
+            .lock()
+            .unwrap()
+            .events
+            .iter()
+            .find(|e| e["kind"] == "audit_loss")
+            .map(|e| e["detail"].as_str().unwrap().to_owned())
+    };
+    until(|| loss_report().is_some()).await;
+    // The sink is not blocked by the refused record.
+    for i in 30..40 {
+        auditor.emit(statement(i)).unwrap();
+    }
+    until(|| statement_seqs(&state).len() == 39).await;
+    shutdown.cancel();
+    handle.await.unwrap();
+
+    // Every other event arrived once, in order; event 12 has seq 13.
+    let expected: Vec<u64> = (1..=41).filter(|s| *s != 13).collect();
+    let seqs = statement_seqs(&state);
+    let mut all: Vec<u64> = state
+        .lock()
+        .unwrap()
+        .events
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert!(all.windows(2).all(|w| w[0] < w[1]), "in order: {all:?}");
+    all.sort_unstable();
+    assert_eq!(all, expected);
+    assert_eq!(seqs.len(), 39);
+
+    // The trail says what was set aside and where.
+    let report = loss_report().unwrap();
+    assert_eq!(
+        report,
+        format!(
+            "1 audit events refused for good by the receiver of sink \"search\"; kept in its \
+             dead-letter file {} (1 since start)",
+            dead_letter.display()
+        )
+    );
+
+    // The dead-letter file holds the refused record byte for byte as it was sent
+    // (however often the halving sent it), ready to be resent.
+    let st = state.lock().unwrap();
+    assert!(!st.refused.is_empty());
+    assert!(st.refused.iter().all(|r| *r == st.refused[0]));
+    let kept = std::fs::read_to_string(&dead_letter).unwrap();
+    assert_eq!(kept, format!("{}\n", st.refused[0]));
+    assert_eq!(record_json(kept.as_bytes())["seq"], 13);
+    let reasons =
+        std::fs::read_to_string(dead_letter.with_file_name("dead-letter.reasons.jsonl")).unwrap();
+    assert!(reasons.contains("document_parsing_exception"), "{reasons}");
+    assert!(
+        !reasons.contains(POISON),
+        "the reason must not quote the record: {reasons}"
+    );
+
+    let stats = auditor.stats();
+    let s = &stats.sinks[0];
+    assert_eq!(
+        (s.dead_lettered, s.lost, stats.lost),
+        (1, 0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(s.delivered, 40, "39 statements and the report: {stats:?}");
+}
+
+#[tokio::test]
+async fn pipeline_spools_through_an_auth_failure_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, state) = serve(picky_bulk).await;
+    state.lock().unwrap().deny = true;
+    let config = es_pipeline(dir.path(), &url);
+    let dead_letter = config.dead_letter_file(&config.sinks[0]);
+    let shutdown = CancellationToken::new();
+    let (auditor, handle) = Auditor::start(&config, shutdown.clone()).unwrap();
+    for i in 0..20 {
+        auditor.emit(statement(i)).unwrap();
+    }
+    // 401 is a configuration error: retried and spooled, never dead-lettered.
+    until(|| {
+        let s = &auditor.stats().sinks[0];
+        s.spooled == 20 && s.send_failures >= 2
+    })
+    .await;
+    assert!(state.lock().unwrap().events.is_empty());
+    // The operator fixes the credentials.
+    state.lock().unwrap().deny = false;
+    until(|| statement_seqs(&state).len() == 20).await;
+    shutdown.cancel();
+    handle.await.unwrap();
+
+    assert_eq!(statement_seqs(&state), (1..=20).collect::<Vec<_>>());
+    let stats = auditor.stats();
+    let s = &stats.sinks[0];
+    assert_eq!(
+        (s.dead_lettered, s.lost, stats.lost),
+        (0, 0, 0),
+        "{stats:?}"
+    );
+    assert_eq!((s.delivered, s.spool_bytes), (20, 0), "{stats:?}");
+    assert!(s.healthy);
+    assert!(!dead_letter.exists());
 }
 
 async fn serve<F, Fut>(handler: F) -> (String, Shared)

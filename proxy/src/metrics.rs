@@ -9,10 +9,13 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use portcullis_audit::pipeline::{AuditStats, Auditor, SinkStats};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -37,6 +40,14 @@ pub struct Kind {
 pub struct Fingerprint {
     /// Hex fingerprint, or `other` past the cardinality bound.
     pub fingerprint: String,
+}
+
+/// Label set naming an audit sink (by its configured name: bounded by the
+/// configuration).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabel {
+    /// The sink's name.
+    pub sink: String,
 }
 
 /// Distinct fingerprints exported before the rest are counted as `other`: label
@@ -172,6 +183,13 @@ impl Metrics {
         }
     }
 
+    /// Exports the audit pipeline's counters (`portcullis_audit_*`), read from
+    /// `auditor` at each scrape.
+    pub fn watch_audit(&mut self, auditor: Auditor) {
+        self.registry
+            .register_collector(Box::new(AuditCollector(auditor)));
+    }
+
     /// Counts a statement decision.
     pub fn statement(&self, outcome: &'static str) {
         self.statements.get_or_create(&Outcome { outcome }).inc();
@@ -218,6 +236,154 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The audit pipeline's counters as metrics, from [`Auditor::stats`] at scrape time.
+#[derive(Debug)]
+struct AuditCollector(Auditor);
+
+fn const_counter(v: u64) -> ConstCounter {
+    ConstCounter::new(v)
+}
+
+fn const_gauge(v: u64) -> ConstGauge {
+    ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+/// One metric without labels.
+fn encode_one(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric: impl EncodeMetric,
+) -> Result<(), std::fmt::Error> {
+    let e = encoder.encode_descriptor(name, help, None, metric.metric_type())?;
+    metric.encode(e)
+}
+
+/// One metric per sink, labelled `sink`.
+fn encode_per_sink<M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    (name, help): (&str, &str),
+    stats: &AuditStats,
+    metric: impl Fn(&SinkStats) -> M,
+    metric_type: MetricType,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
+    for s in &stats.sinks {
+        let label = SinkLabel {
+            sink: s.name.clone(),
+        };
+        metric(s).encode(family.encode_family(&label)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for AuditCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let st = self.0.stats();
+        let e = &mut encoder;
+        encode_one(
+            e,
+            "audit_events_accepted",
+            "Audit events taken onto the audit queue",
+            const_counter(st.accepted),
+        )?;
+        encode_one(
+            e,
+            "audit_events_refused",
+            "Audit events the queue could not take (full, closed, or audit unavailable); \
+             the statement was refused (fail-closed) or the event counted lost",
+            const_counter(st.refused),
+        )?;
+        encode_one(
+            e,
+            "audit_events_lost",
+            "Audit events lost, every cause; each loss is also reported in the trail",
+            const_counter(st.lost),
+        )?;
+        encode_one(
+            e,
+            "audit_queue_depth",
+            "Audit events waiting for the dispatcher",
+            const_gauge(st.queue_depth),
+        )?;
+        encode_one(
+            e,
+            "audit_queue_capacity",
+            "Capacity of the audit queue",
+            const_gauge(st.queue_capacity),
+        )?;
+        let counter = MetricType::Counter;
+        let gauge = MetricType::Gauge;
+        encode_per_sink(
+            e,
+            (
+                "audit_sink_delivered",
+                "Audit records the sink's receiver acknowledged",
+            ),
+            &st,
+            |s| const_counter(s.delivered),
+            counter,
+        )?;
+        encode_per_sink(
+            e,
+            (
+                "audit_sink_send_failures",
+                "Failed sends to the sink's receiver (each retried, or its refused records dead-lettered)",
+            ),
+            &st,
+            |s| const_counter(s.send_failures),
+            counter,
+        )?;
+        encode_per_sink(
+            e,
+            (
+                "audit_sink_spooled",
+                "Audit records written to the sink's spool",
+            ),
+            &st,
+            |s| const_counter(s.spooled),
+            counter,
+        )?;
+        encode_per_sink(
+            e,
+            ("audit_sink_spool_bytes", "Size of the sink's spool file"),
+            &st,
+            |s| const_gauge(s.spool_bytes),
+            gauge,
+        )?;
+        encode_per_sink(
+            e,
+            (
+                "audit_sink_lost",
+                "Audit records the sink lost (spool full, encoding failed, down at shutdown)",
+            ),
+            &st,
+            |s| const_counter(s.lost),
+            counter,
+        )?;
+        encode_per_sink(
+            e,
+            (
+                "audit_sink_dead_lettered",
+                "Audit records the sink's receiver refused for good, kept in its dead-letter file",
+            ),
+            &st,
+            |s| const_counter(s.dead_lettered),
+            counter,
+        )?;
+        encode_per_sink(
+            e,
+            (
+                "audit_sink_healthy",
+                "0 while a fail-closed sink cannot keep events and audit refuses statements",
+            ),
+            &st,
+            |s| const_gauge(u64::from(s.healthy)),
+            gauge,
+        )
     }
 }
 
@@ -272,6 +438,62 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portcullis_audit::pipeline::{AuditConfig, FileSettings, SinkConfig, SinkKind};
+
+    #[tokio::test]
+    async fn audit_pipeline_counters_are_exported() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = SinkConfig::new("local", SinkKind::File);
+        sink.flush_ms = 1;
+        sink.file = Some(FileSettings {
+            path: dir.path().join("audit.jsonl"),
+            max_bytes: 0,
+            retain_count: None,
+            retain_age_secs: None,
+        });
+        let config = AuditConfig {
+            instance: "px-metrics".into(),
+            queue_capacity: 16,
+            state_dir: dir.path().join("state"),
+            sinks: vec![sink],
+            ..AuditConfig::default()
+        };
+        let stop = CancellationToken::new();
+        let (auditor, task) = Auditor::start(&config, stop.clone()).unwrap();
+        let mut metrics = Metrics::new();
+        metrics.watch_audit(auditor.clone());
+        for _ in 0..3 {
+            let event = portcullis_audit::AuditEvent::new(portcullis_audit::EventKind::Statement);
+            auditor.emit(event).unwrap();
+        }
+        for _ in 0..500 {
+            if auditor.stats().sinks[0].delivered == 3 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let text = metrics.render();
+        for line in [
+            "# TYPE portcullis_audit_events_accepted counter",
+            "portcullis_audit_events_accepted_total 3",
+            "portcullis_audit_events_lost_total 0",
+            "# TYPE portcullis_audit_queue_depth gauge",
+            "portcullis_audit_queue_capacity 16",
+            "# TYPE portcullis_audit_sink_delivered counter",
+            "portcullis_audit_sink_delivered_total{sink=\"local\"} 3",
+            "portcullis_audit_sink_lost_total{sink=\"local\"} 0",
+            "portcullis_audit_sink_dead_lettered_total{sink=\"local\"} 0",
+            "portcullis_audit_sink_spool_bytes{sink=\"local\"} 0",
+            "portcullis_audit_sink_healthy{sink=\"local\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from:\n{text}"
+            );
+        }
+        stop.cancel();
+        task.await.unwrap();
+    }
 
     #[test]
     fn fingerprint_labels_are_bounded() {

@@ -150,6 +150,10 @@ impl Server {
             }
             None => (None, None),
         };
+        let mut metrics = Metrics::new();
+        if let Some(auditor) = &audit {
+            metrics.watch_audit(auditor.clone());
+        }
         let shared = Arc::new(Shared {
             tls,
             require_tls: config.listen.require_tls,
@@ -160,7 +164,7 @@ impl Server {
             catalog_refresher: Refresher::new(),
             connector,
             cancels: CancelRegistry::default(),
-            metrics: Arc::new(Metrics::new()),
+            metrics: Arc::new(metrics),
             limits: config.limits,
             audit,
             drain: CancellationToken::new(),

@@ -2,7 +2,7 @@
 //! SQLSTATE), session ends; literals never reach an event; the chain verifies.
 
 use anyhow::Result;
-use portcullis_tests::{ADMIN, ANALYST, EnvOptions, TestEnv, eventually, stdout};
+use portcullis_tests::{ADMIN, ANALYST, EnvOptions, TestEnv, eventually, metric, stdout};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_and_logins_are_audited_without_their_literals() -> Result<()> {
@@ -186,6 +186,25 @@ path = "{trail}"
         metrics.contains(&count_line),
         "{count_line} missing from metrics"
     );
+
+    // So is the audit pipeline: the file sink delivered what the trail holds, and
+    // nothing was lost or set aside.
+    let delivered = r#"portcullis_audit_sink_delivered_total{sink="local"}"#;
+    assert!(
+        metric(&metrics, delivered) > 0.0,
+        "{delivered} in:\n{metrics}"
+    );
+    for zero in [
+        r#"portcullis_audit_sink_lost_total{sink="local"} 0"#,
+        r#"portcullis_audit_sink_dead_lettered_total{sink="local"} 0"#,
+        "portcullis_audit_events_lost_total 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == zero),
+            "{zero} missing from metrics:\n{metrics}"
+        );
+    }
+    assert!(metric(&metrics, "portcullis_audit_events_accepted_total") >= events.len() as f64);
 
     let report = portcullis_tests::portcullis_audit::verify::verify([text.as_bytes()], None);
     assert!(report.is_ok(), "{report}");

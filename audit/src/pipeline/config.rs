@@ -497,6 +497,13 @@ impl AuditConfig {
             .unwrap_or_else(|| self.state_dir.join("spool").join(&sink.name))
     }
 
+    /// The file in which records `sink`'s receiver refused for good are kept, in the
+    /// sink's format, byte for byte; `dead-letter.reasons.jsonl` beside it says when
+    /// and why (see `pipeline`'s docs).
+    pub fn dead_letter_file(&self, sink: &SinkConfig) -> PathBuf {
+        self.spool_dir(sink).join(super::deadletter::RECORDS_FILE)
+    }
+
     /// The [`Format`] `sink` writes.
     pub fn format(&self, sink: &SinkConfig) -> Result<Format, AuditConfigError> {
         Ok(match sink.format {

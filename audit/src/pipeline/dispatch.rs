@@ -10,10 +10,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::config::Filter;
+use super::stats::SinkCounters;
 use crate::chain::Chainer;
 use crate::event::{AuditEvent, EventKind};
 
-/// How often pending losses are reported when no event arrives.
+/// How often pending losses and dead-letters are reported when no event arrives.
 const LOSS_TICK: Duration = Duration::from_secs(1);
 
 /// One sink as the dispatcher sees it.
@@ -21,6 +22,7 @@ pub(crate) struct Route {
     pub(crate) name: String,
     pub(crate) filter: Filter,
     pub(crate) tx: mpsc::Sender<Arc<AuditEvent>>,
+    pub(crate) counters: Arc<SinkCounters>,
 }
 
 pub(crate) struct Dispatcher {
@@ -57,16 +59,30 @@ impl Dispatcher {
         self.report_loss().await;
     }
 
-    /// Turns losses counted since the last report into one `audit_loss` event.
+    /// Turns losses counted since the last report into one `audit_loss` event, and
+    /// records dead-lettered since then into one `audit_loss` event per sink.
     async fn report_loss(&mut self) {
         let n = self.shared.take_unreported();
-        if n == 0 {
-            return;
+        if n > 0 {
+            let total = self.shared.lost();
+            let ev = AuditEvent::new(EventKind::AuditLoss)
+                .with_detail(format!("{n} audit events lost ({total} since start)"));
+            self.handle(ev).await;
         }
-        let total = self.shared.lost();
-        let ev = AuditEvent::new(EventKind::AuditLoss)
-            .with_detail(format!("{n} audit events lost ({total} since start)"));
-        self.handle(ev).await;
+        for i in 0..self.shared.sinks.len() {
+            let sink = Arc::clone(&self.shared.sinks[i]);
+            let (n, total) = sink.take_dead_letter_unreported();
+            if n == 0 {
+                continue;
+            }
+            let ev = AuditEvent::new(EventKind::AuditLoss).with_detail(format!(
+                "{n} audit events refused for good by the receiver of sink {:?}; \
+                 kept in its dead-letter file {} ({total} since start)",
+                sink.name,
+                sink.dead_letter.display()
+            ));
+            self.handle(ev).await;
+        }
     }
 
     async fn handle(&mut self, mut ev: AuditEvent) {
@@ -84,7 +100,7 @@ impl Dispatcher {
             // back-pressure turns into counted loss or fail-closed refusal.
             if route.tx.send(Arc::clone(&ev)).await.is_err() {
                 tracing::error!(sink = %route.name, "audit sink worker is gone; event lost");
-                self.shared.record_loss(1);
+                self.shared.record_sink_loss(&route.counters, 1);
             }
         }
     }

@@ -61,7 +61,7 @@ impl Sink for FileRecordSink {
                 let mut events = Vec::with_capacity(records.len());
                 for r in records {
                     let e: AuditEvent = serde_json::from_slice(r).map_err(|e| {
-                        SinkError::Permanent(format!("spooled record is not an event: {e}"))
+                        SinkError::Refused(format!("spooled record is not an event: {e}"))
                     })?;
                     events.push(e);
                 }

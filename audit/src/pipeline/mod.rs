@@ -8,6 +8,8 @@
 //!   -> sink worker: batch (batch_max / flush_ms), encode -> Sink::send
 //!        on failure: spool to disk (length + SHA-256 per record, fsync per batch),
 //!        back off (100 ms .. 30 s, jittered), replay the spool in order, then resume
+//!        on a content refusal: halve down to the refused records, move those to the
+//!        dead-letter file, deliver the rest, go on
 //! ```
 //!
 //! # What is never silent
@@ -25,6 +27,29 @@
 //!   that batch, audit is healthy again by itself. Nothing is lost, but every sink
 //!   stalls with it: fail-closed means the proxy stops rather than audits partially.
 //! - **After shutdown** `emit` treats the closed queue like a full one.
+//! - **Records the receiver refuses for good** ([`SinkError::Refused`](crate::sink::SinkError):
+//!   a 400 or 413, an Elasticsearch mapping error, Splunk's "invalid data format"; each
+//!   sink's docs give its mapping). Retrying them would block the sink forever and
+//!   spool everything behind them, so the worker sends the two halves of a refused
+//!   batch again, and halves again what is still refused, down to single records (at
+//!   most about `2 log2(batch)` extra requests per poisoned record; a receiver that
+//!   refuses everything costs `2 n - 1` requests per batch of `n`). Each record refused
+//!   on its own is appended, byte for byte in the sink's format, to the sink's
+//!   dead-letter file ([`AuditConfig::dead_letter_file`], next to the spool: mode
+//!   0600, fsynced, with a `dead-letter.reasons.jsonl` line saying when and why), an
+//!   error is logged (sink, count, reason; never the records), and the dispatcher's
+//!   next `audit_loss` event says how many of that sink's events were refused and that
+//!   they are kept in its dead-letter file. Everything else is delivered in order, and
+//!   the spool advances past what was set aside. The dead-letter file is bounded by
+//!   `spool_max_bytes` (0 disables it); when it cannot keep a refused record a `spool`
+//!   sink counts it lost (and `audit_loss` says so), a `fail_closed` sink keeps it and
+//!   retries like a receiver that is down. A configuration error
+//!   ([`SinkError::Permanent`](crate::sink::SinkError): bad credentials, no such index,
+//!   TLS name, NATS permissions) is not a refusal: it is retried with back-off and the
+//!   records spool until the operator fixes it, and nothing is lost.
+//! - **Counters** for all of the above (accepted, refused and lost events, queue depth,
+//!   and per sink delivered, failed sends, spooled, spool bytes, lost, dead-lettered,
+//!   healthy) are in [`Auditor::stats`], which the proxy exports to Prometheus.
 //!
 //! # Delivery contract: at least once, in order, per sink
 //!
@@ -50,17 +75,22 @@
 //!
 //! # TODO
 //!
-//! - Metrics (queue depth, per-sink spool bytes, retries) for the admin endpoint.
 //! - While a `spool` sink loses events, each `audit_loss` event it cannot keep is
 //!   itself counted and reported on the next tick (one per second to the other
 //!   sinks); rate-limiting or folding those is left to do.
-//! - A batch the receiver refuses for good (`SinkError::Permanent`) is retried like a
-//!   transient failure; a dead-letter file would unblock the sink instead.
+//! - A tool to resend a dead-letter file (today: by hand, e.g. `curl` with the records
+//!   as the sink would frame them) and a bound on dead-letter files per sink beyond
+//!   `spool_max_bytes`.
+//! - A receiver that accepted part of a refused batch (Splunk HEC indexes the events
+//!   before the invalid one) gets those again when the halves are resent: duplicates,
+//!   as the delivery contract allows.
 
 mod config;
+mod deadletter;
 mod dispatch;
 mod file;
 mod spool;
+mod stats;
 mod worker;
 
 #[cfg(test)]
@@ -79,6 +109,7 @@ pub use config::{
     AuditConfig, AuditConfigError, ElasticsearchSettings, FileSettings, Filter, FormatKind,
     NamedFilter, NatsSettings, Overflow, SinkConfig, SinkKind, SplunkSettings, SyslogSettings,
 };
+pub use stats::{AuditStats, SinkStats};
 
 use crate::chain::{Chainer, Link};
 use crate::event::AuditEvent;
@@ -87,8 +118,10 @@ use crate::sink::Sink;
 use crate::sink::http::{HttpAuth, HttpFlavor, HttpSink, HttpSinkConfig};
 use crate::sink::nats::{NatsAuth, NatsSink, NatsSinkConfig};
 use crate::sink::syslog::{SyslogSink, SyslogSinkConfig, SyslogTls};
+use deadletter::DeadLetter;
 use dispatch::{Dispatcher, Route};
 use spool::Spool;
+use stats::SinkCounters;
 use worker::{Worker, WorkerSettings};
 
 /// Audit cannot take the event: a `fail_closed` sink is down with a full spool, or the
@@ -158,6 +191,10 @@ pub(crate) struct BuiltSink {
 pub(crate) struct Shared {
     lost: AtomicU64,
     unreported: AtomicU64,
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    /// Per sink, in configuration order.
+    pub(crate) sinks: Vec<Arc<SinkCounters>>,
     /// Number of `fail_closed` sinks that cannot keep events right now.
     pub(crate) unhealthy: AtomicUsize,
     fail_closed: bool,
@@ -169,6 +206,12 @@ impl Shared {
     pub(crate) fn record_loss(&self, n: u64) {
         self.lost.fetch_add(n, Ordering::SeqCst);
         self.unreported.fetch_add(n, Ordering::SeqCst);
+    }
+
+    /// Counts a loss of `sink`, both in its own counters and in the total.
+    pub(crate) fn record_sink_loss(&self, sink: &SinkCounters, n: u64) {
+        sink.lost(n);
+        self.record_loss(n);
     }
 
     pub(crate) fn take_unreported(&self) -> u64 {
@@ -220,9 +263,21 @@ impl Auditor {
         shutdown: CancellationToken,
     ) -> Result<(Auditor, JoinHandle<()>), AuditConfigError> {
         let key = chain_key(config)?;
+        let counters: Vec<Arc<SinkCounters>> = sinks
+            .iter()
+            .map(|b| {
+                Arc::new(SinkCounters::new(
+                    &b.config.name,
+                    &config.dead_letter_file(&b.config),
+                ))
+            })
+            .collect();
         let shared = Arc::new(Shared {
             lost: AtomicU64::new(0),
             unreported: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            sinks: counters.clone(),
             unhealthy: AtomicUsize::new(0),
             fail_closed: sinks
                 .iter()
@@ -234,14 +289,19 @@ impl Auditor {
         let mut routes = Vec::with_capacity(sinks.len());
         let mut workers = Vec::with_capacity(sinks.len());
         let mut resume: Vec<Link> = Vec::new();
-        for BuiltSink {
-            config: s,
-            sink,
-            format,
-        } in sinks
+        for (
+            BuiltSink {
+                config: s,
+                sink,
+                format,
+            },
+            counters,
+        ) in sinks.into_iter().zip(counters)
         {
             let s = &s;
-            let spool = Spool::open(&config.spool_dir(s), s.spool_max_bytes)?;
+            let spool_dir = config.spool_dir(s);
+            let spool = Spool::open(&spool_dir, s.spool_max_bytes)?;
+            let dead_letter = DeadLetter::new(&spool_dir, s.spool_max_bytes);
             if format == Format::Json {
                 if let Some(link) = spool.last()?.and_then(|r| link_of(&r)) {
                     resume.push(link);
@@ -257,6 +317,7 @@ impl Auditor {
                 name: s.name.clone(),
                 filter: s.filter.clone(),
                 tx,
+                counters: Arc::clone(&counters),
             });
             let settings = WorkerSettings {
                 name: s.name.clone(),
@@ -265,7 +326,14 @@ impl Auditor {
                 flush: s.flush(),
                 overflow: s.overflow,
             };
-            workers.push(Worker::new(settings, sink, rx, spool, Arc::clone(&shared)));
+            workers.push(Worker::new(
+                settings,
+                sink,
+                rx,
+                (spool, dead_letter),
+                Arc::clone(&shared),
+                counters,
+            ));
         }
         let last = resume
             .into_iter()
@@ -289,15 +357,35 @@ impl Auditor {
     /// happens when the queue is full; `Err` means the statement must be refused.
     pub fn emit(&self, event: AuditEvent) -> Result<(), AuditUnavailable> {
         if !self.healthy() {
+            self.shared.refused.fetch_add(1, Ordering::Relaxed);
             return Err(AuditUnavailable);
         }
         match self.tx.try_send(event) {
-            Ok(()) => Ok(()),
-            Err(_) if self.shared.fail_closed => Err(AuditUnavailable),
+            Ok(()) => {
+                self.shared.accepted.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
             Err(_) => {
+                self.shared.refused.fetch_add(1, Ordering::Relaxed);
+                if self.shared.fail_closed {
+                    return Err(AuditUnavailable);
+                }
                 self.shared.record_loss(1);
                 Ok(())
             }
+        }
+    }
+
+    /// A snapshot of the pipeline's counters, for metrics. Cheap: atomic loads.
+    pub fn stats(&self) -> AuditStats {
+        let capacity = self.tx.max_capacity();
+        AuditStats {
+            accepted: self.shared.accepted.load(Ordering::Relaxed),
+            refused: self.shared.refused.load(Ordering::Relaxed),
+            lost: self.shared.lost(),
+            queue_depth: capacity.saturating_sub(self.tx.capacity()) as u64,
+            queue_capacity: capacity as u64,
+            sinks: self.shared.sinks.iter().map(|c| c.snapshot()).collect(),
         }
     }
 

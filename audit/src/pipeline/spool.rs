@@ -143,7 +143,6 @@ impl Spool {
     }
 
     /// Bytes on disk.
-    #[cfg(test)]
     pub(crate) fn len_bytes(&self) -> u64 {
         self.len
     }
@@ -218,6 +217,12 @@ impl Spool {
         read_record(&mut BufReader::new(f)).map_err(|e| AuditError::io("read", &self.path, e))
     }
 
+    /// Marks the next undelivered records, `bytes` of spool (see [`stored_len`]),
+    /// delivered: for a batch [`Spool::peek`] returned that was only partly delivered.
+    pub(crate) fn advance_by(&mut self, bytes: u64) -> Result<(), AuditError> {
+        self.advance(self.read_pos.saturating_add(bytes))
+    }
+
     /// Marks everything before `pos` delivered; truncates the file once all is.
     pub(crate) fn advance(&mut self, pos: u64) -> Result<(), AuditError> {
         self.read_pos = pos.min(self.len);
@@ -239,6 +244,11 @@ impl Spool {
         fs::write(&self.pos_path, 0u64.to_be_bytes())
             .map_err(|e| AuditError::io("write", &self.pos_path, e))
     }
+}
+
+/// The room `record` takes in the spool.
+pub(crate) fn stored_len(record: &[u8]) -> u64 {
+    HEADER + record.len() as u64
 }
 
 /// One record, `None` at a clean end; an error for a torn or corrupt record.
@@ -269,7 +279,7 @@ fn read_record(r: &mut impl Read) -> std::io::Result<Option<Vec<u8>>> {
     Ok(Some(rec))
 }
 
-fn create_private_dir(dir: &Path) -> Result<(), AuditError> {
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), AuditError> {
     let mut b = fs::DirBuilder::new();
     b.recursive(true);
     #[cfg(unix)]
@@ -299,6 +309,9 @@ mod tests {
         s.append(&recs(5..8)).unwrap().unwrap();
         let (got, pos) = s.peek(3).unwrap();
         assert_eq!(got, recs(0..3));
+        // Partly delivered first, then the rest.
+        s.advance_by(stored_len(&got[0])).unwrap();
+        assert_eq!(s.peek(1).unwrap().0, recs(1..2));
         s.advance(pos).unwrap();
         drop(s);
         // A restart resumes after the delivered records.

@@ -13,12 +13,16 @@ use crate::event::EventKind;
 use crate::sink::{SendFuture, SinkError};
 
 /// Fails its first `fail` sends (storing the first half of the batch when `partial`,
-/// as a connection that broke mid-batch would), then stores every batch.
+/// as a connection that broke mid-batch would), then stores every batch. A batch
+/// holding a record that contains `poison` is refused for good, whole.
 #[derive(Clone, Default)]
 struct Flaky {
     fail: Arc<AtomicU32>,
     partial: bool,
+    poison: Option<&'static str>,
     got: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Single records refused for good, as they were sent.
+    refused: Arc<Mutex<Vec<Vec<u8>>>>,
     sends: Arc<AtomicU32>,
 }
 
@@ -28,6 +32,13 @@ impl Flaky {
             fail: Arc::new(AtomicU32::new(n)),
             partial,
             ..Flaky::default()
+        }
+    }
+
+    fn poisoned(self, marker: &'static str) -> Self {
+        Flaky {
+            poison: Some(marker),
+            ..self
         }
     }
 
@@ -72,6 +83,16 @@ impl Sink for Flaky {
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                 .is_ok();
             let mut got = self.got.lock().unwrap();
+            if !failing {
+                if let Some(p) = self.poison {
+                    if records.iter().any(|r| contains(r, p)) {
+                        if records.len() == 1 {
+                            self.refused.lock().unwrap().push(records[0].clone());
+                        }
+                        return Err(SinkError::Refused("HTTP 400 (test)".into()));
+                    }
+                }
+            }
             if failing {
                 if self.partial {
                     got.extend(records[..records.len() / 2].iter().cloned());
@@ -82,6 +103,10 @@ impl Sink for Flaky {
             Ok(())
         })
     }
+}
+
+fn contains(record: &[u8], marker: &str) -> bool {
+    record.windows(marker.len()).any(|w| w == marker.as_bytes())
 }
 
 fn config(state: &Path) -> AuditConfig {
@@ -286,6 +311,17 @@ async fn full_queue_is_counted_and_reported() {
         auditor.emit(event(i)).unwrap();
     }
     assert_eq!(auditor.lost(), 6);
+    let st = auditor.stats();
+    assert_eq!(
+        (
+            st.accepted,
+            st.refused,
+            st.lost,
+            st.queue_depth,
+            st.queue_capacity
+        ),
+        (4, 6, 6, 4, 4)
+    );
     until(|| {
         sink.kinds().iter().any(|(k, d)| {
             k == "audit_loss" && d.as_deref() == Some("6 audit events lost (6 since start)")
@@ -426,4 +462,168 @@ async fn chain_key_from_a_private_file() {
     assert!(keyed.is_ok(), "{:?}", keyed.problems);
     let wrong = crate::verify::verify([text.as_bytes()], Some(b"another key"));
     assert!(!wrong.is_ok());
+}
+
+fn poisoned_event() -> AuditEvent {
+    AuditEvent::new(EventKind::Statement).with_detail("poisoned record")
+}
+
+#[tokio::test]
+async fn refused_record_is_dead_lettered_and_the_sink_goes_on() {
+    // 0: refused on the live path; 3: the receiver is down first, so the poisoned
+    // batch is refused while the spool is replayed.
+    for fail in [0, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path());
+        let sc = sink_config("siem");
+        let dead_letter = c.dead_letter_file(&sc);
+        let sink = Flaky::failing(fail, false).poisoned("poisoned record");
+        let shutdown = CancellationToken::new();
+        let (auditor, handle) =
+            Auditor::start_with(&c, vec![built(sc, sink.clone())], shutdown.clone()).unwrap();
+        for i in 0..40 {
+            auditor
+                .emit(if i == 17 { poisoned_event() } else { event(i) })
+                .unwrap();
+        }
+        until(|| sink.kinds().iter().any(|(k, _)| k == "audit_loss")).await;
+        // The sink is not blocked: later events arrive too.
+        for i in 40..50 {
+            auditor.emit(event(i)).unwrap();
+        }
+        until(|| sink.seqs().len() == 50).await;
+        shutdown.cancel();
+        handle.await.unwrap();
+
+        // Everything but the poisoned record (event 17, seq 18) arrived once, in
+        // order; the 51st event is the audit_loss report.
+        let expected: Vec<u64> = (1..=51).filter(|s| *s != 18).collect();
+        assert_eq!(sink.seqs(), expected, "fail = {fail}");
+        let report: Vec<String> = sink
+            .kinds()
+            .into_iter()
+            .filter(|(k, _)| k == "audit_loss")
+            .filter_map(|(_, d)| d)
+            .collect();
+        assert_eq!(report.len(), 1, "{report:?}");
+        assert!(
+            report[0]
+                .starts_with("1 audit events refused for good by the receiver of sink \"siem\"")
+                && report[0].contains(&format!("dead-letter file {}", dead_letter.display())),
+            "{}",
+            report[0]
+        );
+
+        // The dead-letter file holds exactly the refused record, byte for byte.
+        let refused = sink.refused.lock().unwrap().clone();
+        assert_eq!(refused.len(), 1);
+        let kept = std::fs::read(&dead_letter).unwrap();
+        assert_eq!(kept, refused[0]);
+        let v: Value = serde_json::from_slice(&kept).unwrap();
+        assert_eq!(
+            (v["seq"].as_u64(), v["detail"].as_str()),
+            (Some(18), Some("poisoned record"))
+        );
+        let reasons =
+            std::fs::read_to_string(dead_letter.with_file_name("dead-letter.reasons.jsonl"))
+                .unwrap();
+        let reason: Value = serde_json::from_str(reasons.trim_end()).unwrap();
+        assert_eq!(reason["sink"], "siem");
+        assert_eq!(reason["reason"], "HTTP 400 (test)");
+
+        // And it is all counted.
+        let stats = auditor.stats();
+        assert_eq!(stats.accepted, 50);
+        assert_eq!(stats.lost, 0);
+        let s = &stats.sinks[0];
+        assert_eq!(s.name, "siem");
+        assert_eq!((s.delivered, s.dead_lettered, s.lost), (50, 1, 0));
+        assert!(s.send_failures >= u64::from(fail) + 2, "{s:?}");
+        assert_eq!(s.spooled > 0, fail > 0, "{s:?}");
+        assert_eq!(s.spool_bytes, 0, "spool drained: {s:?}");
+        assert!(s.healthy);
+    }
+}
+
+#[tokio::test]
+async fn losses_are_counted_per_sink() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    // No spool and so no dead-letter file: the refused record is lost, the rest
+    // arrives.
+    let lossy = SinkConfig {
+        spool_max_bytes: 0,
+        ..sink_config("lossy")
+    };
+    let picky = Flaky::default().poisoned("poisoned record");
+    // Down for good, without a spool: everything is lost.
+    let gone = SinkConfig {
+        spool_max_bytes: 0,
+        ..sink_config("gone")
+    };
+    let down = Flaky::failing(u32::MAX, false);
+    let shutdown = CancellationToken::new();
+    let (auditor, handle) = Auditor::start_with(
+        &c,
+        vec![built(lossy, picky.clone()), built(gone, down.clone())],
+        shutdown.clone(),
+    )
+    .unwrap();
+    for i in 0..20 {
+        auditor
+            .emit(if i == 5 { poisoned_event() } else { event(i) })
+            .unwrap();
+    }
+    until(|| {
+        picky
+            .kinds()
+            .iter()
+            .any(|(k, d)| k == "audit_loss" && d.as_deref().is_some_and(|d| d.contains("lost")))
+    })
+    .await;
+    shutdown.cancel();
+    handle.await.unwrap();
+
+    let stats = auditor.stats();
+    let (l, g) = (&stats.sinks[0], &stats.sinks[1]);
+    assert_eq!((l.name.as_str(), g.name.as_str()), ("lossy", "gone"));
+    assert_eq!((l.lost, l.dead_lettered, l.spooled), (1, 0, 0), "{l:?}");
+    assert!(l.delivered >= 20, "{l:?}");
+    assert!(g.lost >= 20, "{g:?}");
+    assert_eq!((g.delivered, g.spooled), (0, 0), "{g:?}");
+    assert!(g.send_failures >= 1, "{g:?}");
+    assert_eq!(stats.lost, l.lost + g.lost);
+    assert_eq!(auditor.lost(), stats.lost);
+    assert!(
+        picky.seqs().iter().all(|s| *s != 6),
+        "the refused record is not resent"
+    );
+}
+
+#[tokio::test]
+async fn fail_closed_sink_keeps_a_refused_record_it_cannot_dead_letter() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let sc = SinkConfig {
+        overflow: Overflow::FailClosed,
+        spool_max_bytes: 0,
+        ..sink_config("strict")
+    };
+    let dead_letter = c.dead_letter_file(&sc);
+    let sink = Flaky::default().poisoned("poisoned record");
+    let shutdown = CancellationToken::new();
+    let (auditor, handle) =
+        Auditor::start_with(&c, vec![built(sc, sink.clone())], shutdown.clone()).unwrap();
+    auditor.emit(event(0)).unwrap();
+    auditor.emit(poisoned_event()).unwrap();
+    until(|| !auditor.healthy()).await;
+    assert_eq!(auditor.emit(event(2)), Err(AuditUnavailable));
+    let stats = auditor.stats();
+    assert!(!stats.sinks[0].healthy);
+    assert_eq!(stats.refused, 1);
+    assert_eq!(stats.lost, 0);
+    shutdown.cancel();
+    handle.await.unwrap();
+    assert_eq!(sink.seqs()[0], 1);
+    assert!(!dead_letter.exists());
 }

@@ -17,6 +17,17 @@
 //! [`Auditor::emit`](super::Auditor::emit) refuses) and stops reading its input until
 //! the receiver takes the spool and that batch: nothing is lost, the proxy stops
 //! instead, and recovers by itself.
+//!
+//! When the receiver refuses a batch's content for good ([`SinkError::Refused`]), the
+//! worker sends each half of it again, halving what is refused again down to single
+//! records, so that only the poisoned records are set aside: those go to the sink's
+//! [dead-letter file](super::deadletter), are counted, and are reported by the
+//! dispatcher's next `audit_loss` event; everything else is delivered in order and the
+//! sink goes on (from the spool too: the spool advances past what was set aside). A
+//! configuration error ([`SinkError::Permanent`]) is retried like a transient one. If
+//! the dead-letter file cannot keep a refused record (full, disabled, failing), a
+//! `spool` sink counts it lost; a `fail_closed` sink keeps it and retries, as for a
+//! receiver that is down.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -27,11 +38,13 @@ use tokio::time::Instant;
 
 use super::Shared;
 use super::config::Overflow;
-use super::spool::{Spool, SpoolFull};
+use super::deadletter::DeadLetter;
+use super::spool::{Spool, SpoolFull, stored_len};
+use super::stats::SinkCounters;
 use crate::AuditError;
 use crate::event::AuditEvent;
 use crate::format::Format;
-use crate::sink::Sink;
+use crate::sink::{Sink, SinkError};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -73,12 +86,21 @@ pub(crate) struct WorkerSettings {
     pub(crate) overflow: Overflow,
 }
 
+/// Records `[from..]` of a batch were neither delivered nor set aside, because of
+/// `why`: they must be kept (spooled, held, or left in the spool) and retried.
+struct Undelivered {
+    from: usize,
+    why: String,
+}
+
 pub(crate) struct Worker {
     pub(crate) settings: WorkerSettings,
     pub(crate) sink: Box<dyn Sink>,
     pub(crate) rx: mpsc::Receiver<Arc<AuditEvent>>,
     pub(crate) spool: Arc<Mutex<Spool>>,
     pub(crate) shared: Arc<Shared>,
+    dead_letter: Arc<DeadLetter>,
+    counters: Arc<SinkCounters>,
     backoff: Backoff,
     /// When the receiver may be tried again; `None` while it is believed up.
     retry_at: Option<Instant>,
@@ -95,15 +117,19 @@ impl Worker {
         settings: WorkerSettings,
         sink: Box<dyn Sink>,
         rx: mpsc::Receiver<Arc<AuditEvent>>,
-        spool: Spool,
+        (spool, dead_letter): (Spool, DeadLetter),
         shared: Arc<Shared>,
+        counters: Arc<SinkCounters>,
     ) -> Self {
+        counters.set_spool_bytes(spool.len_bytes());
         Worker {
             settings,
             sink,
             rx,
             spool: Arc::new(Mutex::new(spool)),
             shared,
+            dead_letter: Arc::new(dead_letter),
+            counters,
             backoff: Backoff::new(),
             retry_at: None,
             unhealthy: false,
@@ -160,7 +186,7 @@ impl Worker {
                 n += 1;
             }
             tracing::error!(sink = %self.settings.name, lost = n, "audit sink still down at shutdown; held events lost");
-            self.shared.record_loss(n);
+            self.shared.record_sink_loss(&self.counters, n);
             return true;
         }
         if !self.spool_is_empty() {
@@ -169,18 +195,19 @@ impl Worker {
                 return false;
             }
         }
-        let Some(held) = self.held.take() else {
+        let Some(mut held) = self.held.take() else {
             return false;
         };
-        match self.sink.send(&held).await {
+        match self.send(&held).await {
             Ok(()) => {
                 self.backoff.reset();
                 self.retry_at = None;
                 self.set_unhealthy(false);
                 tracing::info!(sink = %self.settings.name, "audit sink is back");
             }
-            Err(e) => {
-                self.failed(&e.to_string());
+            Err(u) => {
+                self.failed(&u.why);
+                held.drain(..u.from);
                 self.held = Some(held);
             }
         }
@@ -208,7 +235,7 @@ impl Worker {
                 Err(err) => {
                     tracing::error!(sink = %self.settings.name, error = %err,
                         "encoding audit event failed; event lost");
-                    self.shared.record_loss(1);
+                    self.shared.record_sink_loss(&self.counters, 1);
                 }
             }
         }
@@ -253,19 +280,112 @@ impl Worker {
         false
     }
 
-    async fn deliver_or_spool(&mut self, batch: Vec<Vec<u8>>) {
+    async fn deliver_or_spool(&mut self, mut batch: Vec<Vec<u8>>) {
         if self.spool_is_empty() && self.retry_due() {
-            match self.sink.send(&batch).await {
+            match self.send(&batch).await {
                 Ok(()) => {
                     self.backoff.reset();
                     self.retry_at = None;
                     self.set_unhealthy(false);
                     return;
                 }
-                Err(e) => self.failed(&e.to_string()),
+                Err(u) => {
+                    self.failed(&u.why);
+                    batch.drain(..u.from);
+                }
             }
         }
         self.spool_batch(batch).await;
+    }
+
+    /// Sends `records`, setting aside in the dead-letter file those the receiver
+    /// refuses for good. `Ok` once every record is delivered or set aside; on `Err`,
+    /// the records before `from` are.
+    async fn send(&mut self, records: &[Vec<u8>]) -> Result<(), Undelivered> {
+        // Parts still to send, the next one last, so that order is kept.
+        let mut todo = Vec::with_capacity(8);
+        todo.push(0..records.len());
+        while let Some(range) = todo.pop() {
+            let part = &records[range.clone()];
+            match self.sink.send(part).await {
+                Ok(()) => self.counters.delivered(part.len()),
+                Err(SinkError::Refused(why)) => {
+                    self.counters.send_failed();
+                    if part.len() > 1 {
+                        // Only the poisoned records are to be set aside: try each
+                        // half on its own.
+                        let mid = range.start + part.len() / 2;
+                        todo.push(mid..range.end);
+                        todo.push(range.start..mid);
+                    } else {
+                        self.set_aside(part, &why)
+                            .await
+                            .map_err(|why| Undelivered {
+                                from: range.start,
+                                why,
+                            })?;
+                    }
+                }
+                Err(e) => {
+                    self.counters.send_failed();
+                    return Err(Undelivered {
+                        from: range.start,
+                        why: e.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves `records`, refused for good because of `why`, to the dead-letter file.
+    /// `Err` (with the reason) when a `fail_closed` sink could not keep them there.
+    async fn set_aside(&mut self, records: &[Vec<u8>], why: &str) -> Result<(), String> {
+        let n = records.len();
+        let dead_letter = Arc::clone(&self.dead_letter);
+        let name = self.settings.name.clone();
+        let owned = records.to_vec();
+        let reason = why.to_owned();
+        let kept = tokio::task::spawn_blocking(move || dead_letter.append(&name, &owned, &reason))
+            .await
+            .unwrap_or_else(|e| Err(AuditError::Config(format!("dead-letter task: {e}"))));
+        let file = self.dead_letter.records_path().display();
+        let not_kept = match kept {
+            Ok(Ok(())) => {
+                tracing::error!(sink = %self.settings.name, records = n, reason = why, file = %file,
+                    "audit receiver refused records for good; moved them to the dead-letter file");
+                self.counters.dead_lettered(n);
+                return Ok(());
+            }
+            Ok(Err(SpoolFull)) => format!("dead-letter file {file} full or disabled"),
+            Err(e) => format!("dead-letter file: {e}"),
+        };
+        if self.settings.overflow == Overflow::FailClosed {
+            return Err(format!("{why}; and {not_kept}"));
+        }
+        tracing::error!(sink = %self.settings.name, lost = n, reason = why, error = %not_kept,
+            "audit receiver refused records for good and the dead-letter file cannot keep them; audit events lost");
+        self.shared.record_sink_loss(&self.counters, n as u64);
+        Ok(())
+    }
+
+    /// Runs `op` on the spool off the async threads, and notes the spool's size.
+    async fn with_spool<T: Send + 'static>(
+        &mut self,
+        op: impl FnOnce(&mut Spool) -> Result<T, AuditError> + Send + 'static,
+    ) -> Result<T, AuditError> {
+        let spool = Arc::clone(&self.spool);
+        let counters = Arc::clone(&self.counters);
+        tokio::task::spawn_blocking(move || {
+            let mut s = spool
+                .lock()
+                .map_err(|_| AuditError::Config("audit spool lock poisoned".into()))?;
+            let out = op(&mut s);
+            counters.set_spool_bytes(s.len_bytes());
+            out
+        })
+        .await
+        .unwrap_or_else(|e| Err(AuditError::Config(format!("audit spool task: {e}"))))
     }
 
     fn failed(&mut self, why: &str) {
@@ -276,26 +396,23 @@ impl Worker {
     }
 
     async fn spool_batch(&mut self, batch: Vec<Vec<u8>>) {
-        let n = batch.len() as u64;
-        let spool = Arc::clone(&self.spool);
-        let joined = tokio::task::spawn_blocking(move || {
-            let r = match spool.lock() {
-                Ok(mut s) => s.append(&batch),
-                Err(_) => Err(AuditError::Config("audit spool lock poisoned".into())),
-            };
-            (batch, r)
-        })
-        .await;
+        let n = batch.len();
+        // The batch comes back from the blocking task, to be held if the spool
+        // refuses it.
+        let joined = self
+            .with_spool(move |s| Ok((s.append(&batch), batch)))
+            .await;
         let (batch, why) = match joined {
-            Ok((_, Ok(Ok(())))) => {
+            Ok((Ok(Ok(())), _)) => {
+                self.counters.spooled(n);
                 if self.held.is_none() {
                     self.set_unhealthy(false);
                 }
                 return;
             }
-            Ok((batch, Ok(Err(SpoolFull)))) => (Some(batch), "audit spool full".to_owned()),
-            Ok((batch, Err(e))) => (Some(batch), format!("audit spool write failed: {e}")),
-            Err(e) => (None, format!("audit spool task failed: {e}")),
+            Ok((Ok(Err(SpoolFull)), batch)) => (Some(batch), "audit spool full".to_owned()),
+            Ok((Err(e), batch)) => (Some(batch), format!("audit spool write failed: {e}")),
+            Err(e) => (None, format!("audit spool failed: {e}")),
         };
         match batch {
             Some(batch) if self.settings.overflow == Overflow::FailClosed => {
@@ -309,7 +426,7 @@ impl Worker {
             }
             _ => {
                 tracing::error!(sink = %self.settings.name, reason = %why, lost = n, "audit events lost");
-                self.shared.record_loss(n);
+                self.shared.record_sink_loss(&self.counters, n as u64);
             }
         }
     }
@@ -317,6 +434,7 @@ impl Worker {
     fn set_unhealthy(&mut self, bad: bool) {
         if bad != self.unhealthy && self.settings.overflow == Overflow::FailClosed {
             self.unhealthy = bad;
+            self.counters.set_unhealthy(bad);
             if bad {
                 self.shared.unhealthy.fetch_add(1, Ordering::SeqCst);
             } else {
@@ -328,17 +446,8 @@ impl Worker {
     /// Sends up to [`REPLAY_BURST`] spooled batches, oldest first.
     async fn replay(&mut self) {
         for _ in 0..REPLAY_BURST {
-            let spool = Arc::clone(&self.spool);
             let max = self.settings.batch_max;
-            let peeked = tokio::task::spawn_blocking(move || {
-                spool
-                    .lock()
-                    .map_err(|_| AuditError::Config("audit spool lock poisoned".into()))?
-                    .peek(max)
-            })
-            .await
-            .unwrap_or_else(|e| Err(AuditError::Config(format!("audit spool task: {e}"))));
-            let (records, pos) = match peeked {
+            let (records, pos) = match self.with_spool(move |s| s.peek(max)).await {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::error!(sink = %self.settings.name, error = %e, "reading audit spool failed");
@@ -349,26 +458,27 @@ impl Worker {
             if records.is_empty() {
                 return;
             }
-            if let Err(e) = self.sink.send(&records).await {
-                self.failed(&e.to_string());
-                return;
-            }
-            self.backoff.reset();
-            self.retry_at = None;
-            let spool = Arc::clone(&self.spool);
-            let advanced = tokio::task::spawn_blocking(move || {
-                spool
-                    .lock()
-                    .map_err(|_| AuditError::Config("audit spool lock poisoned".into()))?
-                    .advance(pos)
-            })
-            .await
-            .unwrap_or_else(|e| Err(AuditError::Config(format!("audit spool task: {e}"))));
+            let sent = self.send(&records).await;
+            // Past what was delivered or set aside, even when the rest must wait.
+            let advanced = match &sent {
+                Ok(()) => self.with_spool(move |s| s.advance(pos)).await,
+                Err(u) if u.from > 0 => {
+                    let bytes = records[..u.from].iter().map(|r| stored_len(r)).sum();
+                    self.with_spool(move |s| s.advance_by(bytes)).await
+                }
+                Err(_) => Ok(()),
+            };
             if let Err(e) = advanced {
                 // The records were delivered; they may be delivered again after a
                 // restart, which the at-least-once contract allows.
                 tracing::warn!(sink = %self.settings.name, error = %e, "recording audit spool progress failed");
             }
+            if let Err(u) = sent {
+                self.failed(&u.why);
+                return;
+            }
+            self.backoff.reset();
+            self.retry_at = None;
             if self.spool_is_empty() {
                 if self.held.is_none() {
                     self.set_unhealthy(false);

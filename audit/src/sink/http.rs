@@ -10,15 +10,33 @@
 //!   `{"create":{"_id":"<event id>"}}` line and the record per event
 //!   (`application/x-ndjson`). Because it is `create` with the event's id, a retried
 //!   record that already arrived comes back as a 409 conflict, which counts as
-//!   delivered: retries never duplicate. Items that failed with 429 or 5xx make the
-//!   batch retryable; other item failures (mapping errors) are permanent. Needs JSON or
-//!   OCSF records (the id is read from them).
+//!   delivered: retries never duplicate. Needs JSON or OCSF records (the id is read
+//!   from them).
 //! - Both: optional gzip (`Content-Encoding: gzip`), `http` or `https` (rustls; the CA
 //!   file from the config, else the system bundle), connect and request timeouts, one
 //!   keep-alive HTTP/1.1 connection that is re-opened after any failure.
-//! - Status mapping: 408, 429 and 5xx are [`SinkError::Retryable`], as are network
-//!   failures and timeouts; other 4xx (bad token, no such index, malformed body) are
-//!   [`SinkError::Permanent`].
+//!
+//! # Answers and what the pipeline does with them
+//!
+//! | Answer | [`SinkError`] | Pipeline |
+//! |---|---|---|
+//! | network failure, timeout, 408, 429, 5xx | `Retryable` | spool, back off, retry |
+//! | 401, 403, 404, other 4xx; TLS server name | `Permanent` (configuration) | spool, back off, retry |
+//! | 400, 413, 422 | `Refused` (content) | isolate the record(s), dead-letter them |
+//! | HEC 400 with code 7, 10, 11, 14 or 16 (index, channel, ack, query-string auth) | `Permanent` | spool, back off, retry |
+//! | HEC 2xx with a code other than 0 | `Retryable` | spool, back off, retry |
+//! | `_bulk` item 2xx or 409 | delivered | |
+//! | `_bulk` item 429 or 5xx | `Retryable` | spool, back off, retry |
+//! | `_bulk` item 401, 403, 404 | `Permanent` | spool, back off, retry |
+//! | `_bulk` item other 4xx (mapping or parse error) | `Refused` | isolate, dead-letter |
+//! | a record the sink cannot frame (no event id for `_bulk`) | `Refused` | isolate, dead-letter |
+//!
+//! When one answer mixes them, `Permanent` wins over `Retryable`, which wins over
+//! `Refused`: content is only declared refused when nothing else is wrong. HEC's codes
+//! 5, 6, 12, 13 and 15 (no data, invalid data format, event field missing or blank,
+//! indexed fields) are content refusals like any other 400. A refusal's message names
+//! the status and the receiver's error type or text, never the body of the answer
+//! (which can quote the refused data).
 //! - The token or password is read from the environment variable the config names, held
 //!   only in a header value marked sensitive, and never logged or printed by `Debug`.
 
@@ -513,7 +531,7 @@ fn bulk_body(format: &Format, records: &[Vec<u8>]) -> Result<Vec<u8>, SinkError>
         let record = record.strip_suffix(b"\n").unwrap_or(record);
         let meta = record_meta(format, record);
         let Some(id) = meta.id.filter(|_| meta.json) else {
-            return Err(SinkError::Permanent(format!(
+            return Err(SinkError::Refused(format!(
                 "elasticsearch: record {i} is not a JSON event with an id"
             )));
         };
@@ -536,19 +554,59 @@ fn gzip(body: &[u8]) -> Result<Vec<u8>, SinkError> {
         .map_err(|e| SinkError::Permanent(format!("gzip: {e}")))
 }
 
-/// Maps a non-2xx status.
+/// Maps a non-2xx status; see the module docs.
 fn status_error(who: &str, status: StatusCode, body: &[u8]) -> SinkError {
-    let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
-    let msg = format!("{who}: HTTP {status}: {text}");
     if status == StatusCode::REQUEST_TIMEOUT
         || status == StatusCode::TOO_MANY_REQUESTS
         || status.is_server_error()
     {
-        SinkError::Retryable(msg)
+        SinkError::Retryable(format!("{who}: HTTP {status}: {}", snippet(body)))
+    } else if content_refused(status) {
+        SinkError::Refused(format!("{who}: HTTP {status}: {}", error_summary(body)))
     } else {
-        SinkError::Permanent(msg)
+        SinkError::Permanent(format!("{who}: HTTP {status}: {}", snippet(body)))
     }
 }
+
+/// Statuses that refuse the request's content rather than the sink's configuration.
+fn content_refused(status: StatusCode) -> bool {
+    status == StatusCode::BAD_REQUEST
+        || status == StatusCode::PAYLOAD_TOO_LARGE
+        || status == StatusCode::UNPROCESSABLE_ENTITY
+}
+
+/// The start of an answer's body, for errors that do not concern the records.
+fn snippet(body: &[u8]) -> String {
+    String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned()
+}
+
+/// What a refusal answer says about itself: HEC's `text` and `code`, or
+/// Elasticsearch's error `type`. Never the rest of the body, which may quote the data.
+fn error_summary(body: &[u8]) -> String {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return "no readable error".into();
+    };
+    let error = v.get("error");
+    let kind = error
+        .and_then(|e| {
+            e.get("type")
+                .or_else(|| e.get("root_cause")?.get(0)?.get("type"))
+        })
+        .or(v.get("text"))
+        .and_then(Value::as_str)
+        .map(|t| t.chars().take(120).collect::<String>());
+    match (kind, v.get("code").and_then(Value::as_i64)) {
+        (Some(k), Some(code)) => format!("{k} (code {code})"),
+        (Some(k), None) => k,
+        (None, Some(code)) => format!("code {code}"),
+        (None, None) => "no readable error".into(),
+    }
+}
+
+/// HEC codes of a 400 that mean the sink's configuration, not the data, is wrong:
+/// incorrect index, data channel missing or invalid, acknowledgement disabled,
+/// query-string authorization not enabled.
+const HEC_CONFIG_CODES: &[i64] = &[7, 10, 11, 14, 16];
 
 fn hec_result(status: StatusCode, body: &[u8]) -> Result<(), SinkError> {
     #[derive(Deserialize)]
@@ -559,6 +617,16 @@ fn hec_result(status: StatusCode, body: &[u8]) -> Result<(), SinkError> {
         text: String,
     }
     if !status.is_success() {
+        let code = serde_json::from_slice::<HecAnswer>(body)
+            .ok()
+            .and_then(|a| a.code);
+        if status == StatusCode::BAD_REQUEST && code.is_some_and(|c| HEC_CONFIG_CODES.contains(&c))
+        {
+            return Err(SinkError::Permanent(format!(
+                "splunk: HTTP {status}: {}",
+                snippet(body)
+            )));
+        }
         return Err(status_error("splunk", status, body));
     }
     match serde_json::from_slice::<HecAnswer>(body) {
@@ -601,6 +669,7 @@ fn bulk_result(status: StatusCode, body: &[u8], sent: usize) -> Result<(), SinkE
         )));
     }
     let mut retry = 0usize;
+    let mut config: Option<String> = None;
     let mut refused: Option<String> = None;
     for (i, item) in answer.items.iter().enumerate() {
         let Some(item) = item.values().next() else {
@@ -610,26 +679,34 @@ fn bulk_result(status: StatusCode, body: &[u8], sent: usize) -> Result<(), SinkE
         if (200..300).contains(&item.status) || item.status == 409 {
             continue;
         }
+        let kind = item
+            .error
+            .as_ref()
+            .and_then(|e| e.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or("no error type given");
+        let why = || format!("item {i}: status {}: {kind}", item.status);
         if item.status == 429 || item.status >= 500 {
             retry += 1;
-        } else if refused.is_none() {
-            let reason = item
-                .error
-                .as_ref()
-                .and_then(|e| e.get("reason").or(e.get("type")))
-                .and_then(Value::as_str)
-                .unwrap_or("no reason given");
-            refused = Some(format!("item {i}: status {}: {reason}", item.status));
+        } else if matches!(item.status, 401 | 403 | 404) {
+            config.get_or_insert_with(why);
+        } else {
+            refused.get_or_insert_with(why);
         }
     }
-    if let Some(why) = refused {
+    if let Some(why) = config {
         return Err(SinkError::Permanent(format!(
-            "elasticsearch: bulk item refused: {why}"
+            "elasticsearch: bulk item not accepted: {why}"
         )));
     }
     if retry > 0 {
         return Err(SinkError::Retryable(format!(
             "elasticsearch: {retry} of {sent} bulk items must be retried"
+        )));
+    }
+    if let Some(why) = refused {
+        return Err(SinkError::Refused(format!(
+            "elasticsearch: bulk item refused: {why}"
         )));
     }
     Ok(())
@@ -820,12 +897,39 @@ mod tests {
             bulk_result(StatusCode::OK, busy, 2),
             Err(SinkError::Retryable(_))
         ));
-        let bad =
-            br#"{"errors":true,"items":[{"create":{"status":400,"error":{"reason":"mapping"}}}]}"#;
+        let bad = br#"{"errors":true,"items":[{"create":{"status":201}},{"create":{"status":400,
+            "error":{"type":"document_parsing_exception","reason":"preview 'secret'"}}}]}"#;
+        match bulk_result(StatusCode::OK, bad, 2) {
+            Err(SinkError::Refused(why)) => {
+                assert!(why.contains("item 1") && why.contains("document_parsing_exception"));
+                assert!(!why.contains("secret"), "the reason may quote data: {why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A retryable item wins over a refused one; a forbidden one over both.
+        let mixed =
+            br#"{"errors":true,"items":[{"create":{"status":400}},{"create":{"status":503}}]}"#;
         assert!(matches!(
-            bulk_result(StatusCode::OK, bad, 1),
+            bulk_result(StatusCode::OK, mixed, 2),
+            Err(SinkError::Retryable(_))
+        ));
+        let forbidden =
+            br#"{"errors":true,"items":[{"create":{"status":403}},{"create":{"status":503}}]}"#;
+        assert!(matches!(
+            bulk_result(StatusCode::OK, forbidden, 2),
             Err(SinkError::Permanent(_))
         ));
+        for status in [StatusCode::BAD_REQUEST, StatusCode::PAYLOAD_TOO_LARGE] {
+            let body =
+                br#"{"error":{"type":"parse_exception","reason":"quotes 'secret'"},"status":400}"#;
+            match bulk_result(status, body, 1) {
+                Err(SinkError::Refused(why)) => {
+                    assert!(why.contains("parse_exception"), "{why}");
+                    assert!(!why.contains("secret"), "{why}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
         assert!(matches!(
             bulk_result(StatusCode::SERVICE_UNAVAILABLE, b"", 1),
             Err(SinkError::Retryable(_))
@@ -834,6 +938,30 @@ mod tests {
             bulk_result(StatusCode::UNAUTHORIZED, b"", 1),
             Err(SinkError::Permanent(_))
         ));
+    }
+
+    #[test]
+    fn hec_answers() {
+        let invalid = br#"{"text":"Invalid data format","code":6,"invalid-event-number":2}"#;
+        match hec_result(StatusCode::BAD_REQUEST, invalid) {
+            Err(SinkError::Refused(why)) => assert!(why.contains("Invalid data format (code 6)")),
+            other => panic!("{other:?}"),
+        }
+        let index = br#"{"text":"Incorrect index","code":7,"invalid-event-number":0}"#;
+        assert!(matches!(
+            hec_result(StatusCode::BAD_REQUEST, index),
+            Err(SinkError::Permanent(_))
+        ));
+        assert!(matches!(
+            hec_result(StatusCode::PAYLOAD_TOO_LARGE, b"too large"),
+            Err(SinkError::Refused(_))
+        ));
+        let token = br#"{"text":"Invalid token","code":4}"#;
+        assert!(matches!(
+            hec_result(StatusCode::FORBIDDEN, token),
+            Err(SinkError::Permanent(_))
+        ));
+        assert!(hec_result(StatusCode::OK, br#"{"text":"Success","code":0}"#).is_ok());
     }
 
     #[test]

@@ -9,16 +9,38 @@ pub mod syslog;
 use std::future::Future;
 use std::pin::Pin;
 
-/// Why a sink could not take a batch. Retryable errors make the pipeline back off and
-/// retry (spooling meanwhile); permanent ones are reported and the batch is spooled.
+/// Why a sink could not take a batch.
+///
+/// The pipeline treats the three differently:
+///
+/// - [`SinkError::Retryable`]: the receiver is down or busy. The batch is spooled and
+///   retried with back-off.
+/// - [`SinkError::Permanent`]: the receiver will not take anything from this sink as it
+///   is configured (credentials refused, no such index or stream, TLS name, missing
+///   permissions). Retried with back-off and spooled exactly like a retryable error:
+///   once the operator fixes the configuration or the receiver, everything spooled is
+///   delivered and nothing is lost.
+/// - [`SinkError::Refused`]: the receiver refused *these records* for good (malformed
+///   or oversized data, a mapping conflict). Sending them again cannot help, and
+///   retrying would block everything behind them, so the pipeline isolates the refused
+///   records and moves them to the sink's dead-letter file (see
+///   [`crate::pipeline`]).
+///
+/// Each sink's module docs give its mapping of receiver answers to these variants.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     /// The receiver is unreachable or answered with a transient failure.
     #[error("{0}")]
     Retryable(String),
-    /// The receiver refused the batch for good (bad credentials, malformed request).
+    /// The receiver refuses this sink as configured (bad credentials, no such index,
+    /// missing permissions); nothing it sends can arrive until that is fixed.
     #[error("{0}")]
     Permanent(String),
+    /// The receiver refused the content of the batch for good (malformed record,
+    /// mapping conflict, too large). The message names the reason, never the records'
+    /// contents.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// A boxed future, so that sinks can be held as trait objects.

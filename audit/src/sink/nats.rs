@@ -13,9 +13,21 @@
 //!   records carry no id the sink can read, and a retry may duplicate them.
 //! - Optionally creates the stream (file storage, bound to the sink's subject) when it
 //!   does not exist.
-//! - Any connection failure drops the connection; the next `send` reconnects. A server
-//!   that is down gives [`SinkError::Retryable`]; refused credentials give
-//!   [`SinkError::Permanent`].
+//! - Any connection failure drops the connection; the next `send` reconnects.
+//!
+//! # Answers and what the pipeline does with them
+//!
+//! - [`SinkError::Retryable`] (spool, back off, retry): the server is down or slow, a
+//!   missing ack, "no responders" (JetStream off, or no stream captures the subject), a
+//!   JetStream error on a publish other than the one below, any other `-ERR`.
+//! - [`SinkError::Permanent`] (configuration; spooled and retried like a retryable
+//!   error until the operator fixes it): an `-ERR` about authorization,
+//!   authentication or permissions, a server that requires TLS or lacks headers, a
+//!   failed stream creation.
+//! - [`SinkError::Refused`] (content; the pipeline isolates the record and
+//!   dead-letters it): a record larger than the server's `max_payload`, a
+//!   `Maximum Payload Violation`, or JetStream error 10054 (message larger than the
+//!   stream allows).
 //!
 //! Not supported yet: TLS to the server, NKEY/JWT credentials, cluster URLs (one server
 //! per sink).
@@ -466,7 +478,7 @@ impl Conn {
                 .map(|id| format!("NATS/1.0\r\nNats-Msg-Id: {id}\r\n\r\n"));
             let total = payload.len() + h.as_ref().map_or(0, String::len);
             if total > self.max_payload {
-                return Err(SinkError::Permanent(format!(
+                return Err(SinkError::Refused(format!(
                     "NATS: record of {total} bytes exceeds the server's max_payload {}",
                     self.max_payload
                 )));
@@ -534,10 +546,15 @@ impl Conn {
                         SinkError::Retryable(format!("NATS: bad JetStream ack: {e}"))
                     })?;
                     if let Some(e) = ack.error {
-                        return Err(SinkError::Retryable(format!(
+                        let why = format!(
                             "NATS: JetStream refused record {i}: {} ({})",
                             e.description, e.err_code
-                        )));
+                        );
+                        return Err(if e.err_code == JS_MESSAGE_TOO_LARGE {
+                            SinkError::Refused(why)
+                        } else {
+                            SinkError::Retryable(why)
+                        });
                     }
                     if ack.seq.is_none() {
                         return Err(SinkError::Retryable(format!(
@@ -642,10 +659,15 @@ fn no_responders(headers: Option<&[u8]>) -> bool {
     headers.is_some_and(|h| h.starts_with(b"NATS/1.0 503"))
 }
 
+/// JetStream's error code for a message larger than the stream's `max_msg_size`.
+const JS_MESSAGE_TOO_LARGE: u32 = 10054;
+
 /// Classifies a `-ERR` from the server.
 fn server_error(e: &str) -> SinkError {
     let lower = e.to_ascii_lowercase();
-    if lower.contains("authorization")
+    if lower.contains("maximum payload") {
+        SinkError::Refused(format!("NATS server refused a record: {e}"))
+    } else if lower.contains("authorization")
         || lower.contains("authentication")
         || lower.contains("permissions")
     {
@@ -761,6 +783,10 @@ mod tests {
         assert!(matches!(
             server_error("'Slow Consumer'"),
             SinkError::Retryable(_)
+        ));
+        assert!(matches!(
+            server_error("'Maximum Payload Violation'"),
+            SinkError::Refused(_)
         ));
     }
 }

@@ -21,6 +21,10 @@
 //! still lose that batch; for end-to-end acknowledgement use RELP (TODO) or one of the
 //! acknowledged sinks (HTTP, NATS JetStream). Any error drops the connection; the next
 //! `send` reconnects.
+//!
+//! Errors are [`SinkError::Retryable`] (connect, handshake, write); a receiver has no
+//! way to refuse a record over this protocol, so the sink never returns
+//! [`SinkError::Refused`] and nothing it sends is dead-lettered.
 
 use std::io;
 use std::path::PathBuf;
