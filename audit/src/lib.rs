@@ -18,21 +18,21 @@
 //! 4. [`verify::verify`] (and `portcullis audit verify`) checks files of JSON lines for
 //!    modified, missing, reordered or duplicated events.
 //!
-//! # Not done yet (TODO for the rest of the audit pipeline issue)
+//! The audit-path benchmark is `benches/pipeline.rs` plus `AUDIT=1 bench/run.sh`
+//! (see `bench/README.md`); the end-to-end fault-injection test (receivers killed and a
+//! proxy restarted mid-load) is `tests/tests/audit_faults.rs`.
 //!
-//! - The chain key from the key provider (today: an environment variable), chain state
-//!   persisted under `state_dir` for trails kept only in non-JSON formats.
-//! - The fault-injection test across a proxy restart. (The audit-path benchmark is
-//!   `benches/pipeline.rs` and `AUDIT=1 bench/run.sh`; see `bench/README.md`.)
-//! - Collapsing literal lists (`IN (?, ?, ?)`) in fingerprints.
-//! - Serde configuration (`AuditConfig` with `deny_unknown_fields`, one section per
-//!   sink) for the binary to aggregate; today [`sink::file::FileSinkConfig`] and
-//!   [`format::SyslogOptions`] are plain structs.
+//! # Not done yet
+//!
+//! - The chain key from a key provider (today: an environment variable or a private
+//!   file), and chain state persisted under `state_dir` for trails kept only in
+//!   non-JSON formats.
 //! - Fuzz targets (outside the default members) for [`normalize()`](normalize::normalize)
 //!   and for [`verify::verify`]'s line reader; today both have deterministic
 //!   pseudo-random tests.
 //! - Checking OCSF output against the OCSF 1.3.0 schema (see [`format::ocsf`] for the
 //!   mapping choices that are uncertain) and CEF output against a real receiver.
+//! - RELP for syslog, so that a receiver dying with a batch in flight cannot lose it.
 
 mod canonical;
 pub mod chain;
