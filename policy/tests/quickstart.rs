@@ -423,6 +423,11 @@ fn touched_relations_columns_and_classes() {
         assert_eq!(names(&found[0].2), ["id", "email"], "{sql}");
     }
 
-    // Unparsable text touches nothing known.
+    // Unparsable text touches nothing known; oversized text is not even parsed.
     assert!(touched(&engine, "SELEC oops").is_empty());
+    let huge = format!(
+        "SELECT email FROM customers WHERE name = '{}'",
+        "x".repeat(2 << 20)
+    );
+    assert!(touched(&engine, &huge).is_empty());
 }

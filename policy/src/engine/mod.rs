@@ -466,9 +466,13 @@ impl Engine {
 
     /// The relations, columns and column classes `sql` touches (see the `touched`
     /// module for how columns are attributed), for its audit event. Empty for texts
-    /// that do not parse. Computed once per text (or per shape, for texts decided from
+    /// that do not parse and for texts over `max_statement_bytes`. Computed once per text (or per shape, for texts decided from
     /// a template) under a policy version and catalog generation.
     pub fn touched(&self, policy: &Policy, catalog: &Catalog, sql: &str) -> Touched {
+        // Texts the engine refuses unparsed are not parsed here either.
+        if sql.len() > policy.max_statement_bytes() {
+            return Arc::from([]);
+        }
         let key_of = |text: &str| {
             use std::hash::{Hash, Hasher};
             let mut hasher = std::collections::hash_map::DefaultHasher::new();
