@@ -1,19 +1,21 @@
 //! The proxy's audit trail: logins, statements (allowed and denied, with rows and
 //! SQLSTATE), session ends; literals never reach an event; the chain verifies.
 
+use std::path::Path;
+
 use anyhow::Result;
 use portcullis_tests::{ADMIN, ANALYST, EnvOptions, TestEnv, eventually, metric, stdout};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn statements_and_logins_are_audited_without_their_literals() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let trail = dir.path().join("audit.jsonl");
-    let env = TestEnv::start_with(EnvOptions {
+/// A proxy auditing everything to the JSON-lines file `trail` (state under `dir`), with
+/// `audit_keys` added to its `[audit]` table.
+async fn start_with_trail(dir: &Path, trail: &Path, audit_keys: &str) -> Result<TestEnv> {
+    TestEnv::start_with(EnvOptions {
         extra_config: format!(
             r#"
 [audit]
 instance = "test-proxy"
 state_dir = "{state}"
+{audit_keys}
 
 [[audit.sinks]]
 name = "local"
@@ -24,12 +26,27 @@ flush_ms = 50
 [audit.sinks.file]
 path = "{trail}"
 "#,
-            state = dir.path().join("state").display(),
+            state = dir.join("state").display(),
             trail = trail.display(),
         ),
         ..EnvOptions::default()
     })
-    .await?;
+    .await
+}
+
+/// The events of a JSON-lines trail.
+fn parse_events(text: &str) -> Result<Vec<serde_json::Value>> {
+    Ok(text
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_and_logins_are_audited_without_their_literals() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let trail = dir.path().join("audit.jsonl");
+    let env = start_with_trail(dir.path(), &trail, "").await?;
 
     let secret_email = stdout(
         &env.psql_direct(&["-c", "SELECT email FROM customers ORDER BY id LIMIT 1"])
@@ -71,10 +88,7 @@ path = "{trail}"
         "two session ends and a failed login expected in:\n{text}"
     );
 
-    let events: Vec<serde_json::Value> = text
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()?;
+    let events = parse_events(&text)?;
     let kinds: Vec<&str> = events.iter().filter_map(|e| e["kind"].as_str()).collect();
     assert!(
         kinds.contains(&"login_success") && kinds.contains(&"login_failure"),
@@ -215,29 +229,14 @@ path = "{trail}"
 async fn full_text_and_slow_statements_when_configured() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let trail = dir.path().join("audit.jsonl");
-    let env = TestEnv::start_with(EnvOptions {
-        extra_config: format!(
-            r#"
-[audit]
-instance = "test-proxy"
-state_dir = "{state}"
+    let env = start_with_trail(
+        dir.path(),
+        &trail,
+        r#"
 full_statement_text = true
 slow_statement_ms = 300
-
-[[audit.sinks]]
-name = "local"
-kind = "file"
-format = "json"
-flush_ms = 50
-
-[audit.sinks.file]
-path = "{trail}"
 "#,
-            state = dir.path().join("state").display(),
-            trail = trail.display(),
-        ),
-        ..EnvOptions::default()
-    })
+    )
     .await?;
 
     let out = env
@@ -268,10 +267,7 @@ path = "{trail}"
     .await;
     let text = read();
     assert!(complete, "a session end expected in:\n{text}");
-    let events: Vec<serde_json::Value> = text
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()?;
+    let events = parse_events(&text)?;
     let full = |e: &&serde_json::Value| e["statement"]["full_text"].as_str().map(str::to_owned);
 
     // The client's own text is kept beside the normalized one.

@@ -72,8 +72,12 @@ fn client_info(ctx: &SessionContext<'_>) -> ClientInfo {
 /// The `slow_statement` event for a completed statement event: the same content
 /// under its own kind, id and time.
 pub fn slow_statement_event(statement: &AuditEvent) -> AuditEvent {
-    let mut event = statement.clone();
-    event.kind = EventKind::SlowStatement;
+    stamped(statement.clone(), EventKind::SlowStatement)
+}
+
+/// `event` as a new event of `kind`: stamped now, with a fresh id.
+fn stamped(mut event: AuditEvent, kind: EventKind) -> AuditEvent {
+    event.kind = kind;
     event.time = Timestamp::now();
     event.id = EventId::new(event.time);
     event
@@ -178,11 +182,7 @@ impl SessionAudit {
 
     /// A new event of `kind` about this session, stamped now.
     fn event(&self, kind: EventKind) -> AuditEvent {
-        let mut event = self.base.clone();
-        event.kind = kind;
-        event.time = Timestamp::now();
-        event.id = EventId::new(event.time);
-        event
+        stamped(self.base.clone(), kind)
     }
 
     /// Remembers a prepared statement (the unnamed one is simply replaced).
