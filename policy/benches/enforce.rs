@@ -17,8 +17,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[path = "../tests/fixtures/mod.rs"]
+mod fixtures;
+
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use portcullis_policy::catalog::{Column, Relation, RelationKind, TypeCategory};
 use portcullis_policy::governance::Governance;
 use portcullis_policy::{Catalog, Decision, Engine, Identity, Policy, PolicyConfig};
 
@@ -42,45 +44,7 @@ const STATEMENTS: &[(&str, &str)] = &[
 ];
 
 fn catalog() -> Arc<Catalog> {
-    use TypeCategory::*;
-    let column = |name: &str, type_name: &str, category| Column {
-        name: name.into(),
-        type_name: type_name.into(),
-        category,
-    };
-    let table = |name: &str, columns| Relation {
-        schema: "public".into(),
-        name: name.into(),
-        kind: RelationKind::Table,
-        columns,
-    };
-    Arc::new(
-        Catalog::default()
-            .with_relation(table(
-                "customers",
-                vec![
-                    column("id", "bigint", Integer),
-                    column("tenant_id", "integer", Integer),
-                    column("name", "text", String),
-                    column("email", "text", String),
-                    column("ssn", "text", String),
-                    column("card_number", "text", String),
-                    column("birth_date", "date", DateTime),
-                    column("created_at", "timestamp with time zone", DateTime),
-                ],
-            ))
-            .with_relation(table(
-                "orders",
-                vec![
-                    column("id", "bigint", Integer),
-                    column("tenant_id", "integer", Integer),
-                    column("customer_id", "bigint", Integer),
-                    column("total", "numeric(12,2)", Numeric),
-                    column("status", "text", String),
-                    column("created_at", "timestamp with time zone", DateTime),
-                ],
-            )),
-    )
+    Arc::new(fixtures::quickstart_catalog())
 }
 
 fn policy() -> Policy {

@@ -5,58 +5,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use portcullis_policy::catalog::{Column, Relation, RelationKind, TypeCategory};
+mod fixtures;
+
+use portcullis_policy::catalog::{Relation, RelationKind};
 use portcullis_policy::governance::Governance;
 use portcullis_policy::{Catalog, Decision, Engine, Identity, Policy, PolicyConfig};
 
-fn column(name: &str, type_name: &str, category: TypeCategory) -> Column {
-    Column {
-        name: name.into(),
-        type_name: type_name.into(),
-        category,
-    }
-}
-
 fn catalog() -> Arc<Catalog> {
-    use TypeCategory::*;
-    let table = |name: &str, columns: Vec<Column>| Relation {
-        schema: "public".into(),
-        name: name.into(),
-        kind: RelationKind::Table,
-        columns,
-    };
-    let catalog = Catalog::default()
-        .with_relation(table(
-            "tenants",
-            vec![
-                column("id", "integer", Integer),
-                column("name", "text", String),
-            ],
-        ))
-        .with_relation(table(
-            "customers",
-            vec![
-                column("id", "bigint", Integer),
-                column("tenant_id", "integer", Integer),
-                column("name", "text", String),
-                column("email", "text", String),
-                column("ssn", "text", String),
-                column("card_number", "text", String),
-                column("birth_date", "date", DateTime),
-                column("created_at", "timestamp with time zone", DateTime),
-            ],
-        ))
-        .with_relation(table(
-            "orders",
-            vec![
-                column("id", "bigint", Integer),
-                column("tenant_id", "integer", Integer),
-                column("customer_id", "bigint", Integer),
-                column("total", "numeric(12,2)", Numeric),
-                column("status", "text", String),
-                column("created_at", "timestamp with time zone", DateTime),
-            ],
-        ))
+    let catalog = fixtures::quickstart_catalog()
         .with_relation(Relation {
             schema: "pg_catalog".into(),
             name: "pg_stats".into(),

@@ -6,7 +6,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use portcullis_policy::catalog::{Column, Relation, RelationKind, TypeCategory};
+mod fixtures;
+
+use portcullis_policy::catalog::TypeCategory;
 use portcullis_policy::governance::Governance;
 use portcullis_policy::{Catalog, Decision, Engine, Identity, Policy, PolicyConfig};
 
@@ -16,17 +18,7 @@ fn dir() -> std::path::PathBuf {
 
 fn catalog() -> Arc<Catalog> {
     use TypeCategory::*;
-    let column = |name: &str, type_name: &str, category: TypeCategory| Column {
-        name: name.into(),
-        type_name: type_name.into(),
-        category,
-    };
-    let table = |name: &str, columns: Vec<Column>| Relation {
-        schema: "public".into(),
-        name: name.into(),
-        kind: RelationKind::Table,
-        columns,
-    };
+    use fixtures::{column, table};
     let catalog = Catalog::default()
         .with_relation(table(
             "companies",
