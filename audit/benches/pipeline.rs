@@ -52,6 +52,10 @@ use portcullis_audit::pipeline::{
 use portcullis_audit::{Chainer, Format};
 use tokio_util::sync::CancellationToken;
 
+/// The proxy's allocator (see `proxy/src/main.rs`), so that the figures are the proxy's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Events per end-to-end iteration.
 const EVENTS: usize = 20_000;
 

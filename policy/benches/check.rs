@@ -15,6 +15,10 @@ use std::time::Duration;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use portcullis_policy::{Engine, Identity, Policy, PolicyConfig};
 
+/// The proxy's allocator (see `proxy/src/main.rs`), so that the figures are the proxy's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The TPC-B-like statements as `pgbench -M simple` sends them, literals in `{}`.
 const STATEMENTS: &[(&str, &str)] = &[
     (

@@ -24,6 +24,10 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use portcullis_policy::governance::Governance;
 use portcullis_policy::{Catalog, Decision, Engine, Identity, Policy, PolicyConfig};
 
+/// The proxy's allocator (see `proxy/src/main.rs`), so that the figures are the proxy's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const STATEMENTS: &[(&str, &str)] = &[
     (
         "select_customer",
