@@ -16,7 +16,6 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::io::Write;
 
 use serde::Serialize;
 use serde::ser::{self, Impossible};
@@ -79,12 +78,27 @@ impl Writer {
     pub(crate) fn write<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), Unsupported> {
         self.st.out.clear();
         self.st.members.clear();
+        self.st.depth = 0;
+        self.st.hash_slot = None;
         v.serialize(Canonical { st: &mut self.st })
     }
 
     /// What the last successful [`Writer::write`] wrote.
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.st.out
+    }
+
+    /// The last written value with `hash` put into its outermost `"hash":""` member:
+    /// the canonical form of the same value with that member set to `hash` (which must
+    /// need no escaping). `None` when the value has no such member.
+    pub(crate) fn with_hash(&self, hash: &str) -> Option<Vec<u8>> {
+        let at = self.st.hash_slot?;
+        let out = &self.st.out;
+        let mut line = Vec::with_capacity(out.len() + hash.len() + 1);
+        line.extend_from_slice(&out[..at]);
+        line.extend_from_slice(hash.as_bytes());
+        line.extend_from_slice(&out[at..]);
+        Some(line)
     }
 }
 
@@ -111,12 +125,27 @@ fn unsupported<T>(what: &str) -> Result<T, Unsupported> {
     Err(Unsupported(what.to_owned()))
 }
 
+/// Writes `s` as a JSON string, escaped as serde_json escapes it.
 fn string(out: &mut Vec<u8>, s: &str) -> Result<(), Unsupported> {
+    // serde_json escapes exactly the control characters, `"` and `\`. Most strings in
+    // an event have none, and checking that first is several times faster than
+    // serde_json's byte-by-byte escaping (a fold without early exit, so that the
+    // compiler vectorizes it).
+    let plain = !s
+        .bytes()
+        .fold(false, |seen, b| seen | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    if plain {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return Ok(());
+    }
     serde_json::to_writer(&mut *out, s).map_err(|e| Unsupported(e.to_string()))
 }
 
-fn display(out: &mut Vec<u8>, v: impl fmt::Display) -> Result<(), Unsupported> {
-    write!(out, "{v}").map_err(|e| Unsupported(e.to_string()))
+fn integer(out: &mut Vec<u8>, v: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
 /// What the serializer writes to, shared by every nested object and array.
@@ -128,6 +157,13 @@ struct State {
     /// The members of the objects being written, innermost last: each object's
     /// members sit above those of the objects around it (a stack).
     members: Vec<Member>,
+    /// Objects open around the value being written.
+    depth: usize,
+    /// Where the outermost object's `"hash":""` value sits in `out`: the offset of
+    /// its closing quote.
+    hash_slot: Option<usize>,
+    /// Buffer for `collect_str`.
+    text: String,
 }
 
 /// An object member: its key and the range of `out` its value occupies.
@@ -167,6 +203,7 @@ struct Object<'a> {
 
 impl<'a> Canonical<'a> {
     fn object(self, close: bool) -> Object<'a> {
+        self.st.depth += 1;
         let start = self.st.out.len();
         let base = self.st.members.len();
         Object {
@@ -214,7 +251,12 @@ impl Object<'_> {
             out,
             scratch,
             members,
+            depth,
+            hash_slot,
+            ..
         } = &mut *self.st;
+        let outermost = *depth == 1;
+        *depth -= 1;
         scratch.clear();
         scratch.extend_from_slice(&out[self.start..]);
         out.truncate(self.start);
@@ -231,7 +273,11 @@ impl Object<'_> {
             }
             string(out, &m.key)?;
             out.push(b':');
-            out.extend_from_slice(&scratch[m.from - self.start..m.to - self.start]);
+            let value = &scratch[m.from - self.start..m.to - self.start];
+            if outermost && m.key == "hash" && value == b"\"\"" {
+                *hash_slot = Some(out.len() + 1);
+            }
+            out.extend_from_slice(value);
         }
         out.push(b'}');
         if self.close {
@@ -278,28 +324,36 @@ impl<'a> ser::Serializer for Canonical<'a> {
         Ok(())
     }
     fn serialize_i8(self, v: i8) -> Result<(), Unsupported> {
-        display(&mut self.st.out, v)
+        integer(&mut self.st.out, v);
+        Ok(())
     }
     fn serialize_i16(self, v: i16) -> Result<(), Unsupported> {
-        display(&mut self.st.out, v)
+        integer(&mut self.st.out, v);
+        Ok(())
     }
     fn serialize_i32(self, v: i32) -> Result<(), Unsupported> {
-        display(&mut self.st.out, v)
+        integer(&mut self.st.out, v);
+        Ok(())
     }
     fn serialize_i64(self, v: i64) -> Result<(), Unsupported> {
-        display(&mut self.st.out, v)
+        integer(&mut self.st.out, v);
+        Ok(())
     }
     fn serialize_u8(self, v: u8) -> Result<(), Unsupported> {
-        display(&mut self.st.out, v)
+        integer(&mut self.st.out, v);
+        Ok(())
     }
     fn serialize_u16(self, v: u16) -> Result<(), Unsupported> {
-        display(&mut self.st.out, v)
+        integer(&mut self.st.out, v);
+        Ok(())
     }
     fn serialize_u32(self, v: u32) -> Result<(), Unsupported> {
-        display(&mut self.st.out, v)
+        integer(&mut self.st.out, v);
+        Ok(())
     }
     fn serialize_u64(self, v: u64) -> Result<(), Unsupported> {
-        display(&mut self.st.out, v)
+        integer(&mut self.st.out, v);
+        Ok(())
     }
     fn serialize_i128(self, _: i128) -> Result<(), Unsupported> {
         unsupported("128-bit integer")
@@ -318,6 +372,17 @@ impl<'a> ser::Serializer for Canonical<'a> {
     }
     fn serialize_str(self, v: &str) -> Result<(), Unsupported> {
         string(&mut self.st.out, v)
+    }
+    fn collect_str<T: fmt::Display + ?Sized>(self, v: &T) -> Result<(), Unsupported> {
+        // Times and ids are written this way: format into a kept buffer rather than a
+        // fresh `String` each time.
+        let mut text = std::mem::take(&mut self.st.text);
+        text.clear();
+        fmt::Write::write_fmt(&mut text, format_args!("{v}"))
+            .map_err(|e| Unsupported(e.to_string()))?;
+        let r = string(&mut self.st.out, &text);
+        self.st.text = text;
+        r
     }
     fn serialize_bytes(self, v: &[u8]) -> Result<(), Unsupported> {
         let mut a = self.array(false);

@@ -123,25 +123,55 @@ impl Chainer {
     /// Fills `instance`, `seq`, `prev_hash` and `hash` of `event` and advances the
     /// chain. On error the chain does not advance.
     pub fn seal(&mut self, event: &mut AuditEvent) -> Result<(), AuditError> {
+        self.seal_inner(event, false).map(drop)
+    }
+
+    /// [`Chainer::seal`], also returning the sealed event as a native JSON line (what
+    /// [`json::encode`](crate::format::json::encode) writes for it), made from the
+    /// canonical form that was just hashed rather than by serializing the event again.
+    pub fn seal_line(&mut self, event: &mut AuditEvent) -> Result<Vec<u8>, AuditError> {
+        match self.seal_inner(event, true)? {
+            Some(line) => Ok(line),
+            None => {
+                let mut line = Vec::with_capacity(2048);
+                crate::format::json::encode(event, &mut line)?;
+                Ok(line)
+            }
+        }
+    }
+
+    fn seal_inner(
+        &mut self,
+        event: &mut AuditEvent,
+        want_line: bool,
+    ) -> Result<Option<Vec<u8>>, AuditError> {
         event.instance.clone_from(&self.instance);
         event.seq = self.next_seq;
         event.prev_hash.clone_from(&self.prev_hash);
         event.hash.clear();
-        let hash = if self.canonical.write(&*event).is_ok() {
-            digest(
-                self.canonical.bytes(),
-                self.key.as_ref().map(|k| k.as_slice()),
-            )?
+        let key = self.key.as_ref().map(|k| k.as_slice());
+        let (hash, line) = if self.canonical.write(&*event).is_ok() {
+            let hash = digest(self.canonical.bytes(), key)?;
+            // The canonical form with the hash in its (empty) `hash` member is the
+            // canonical form of the sealed event: the native line.
+            let line = want_line
+                .then(|| self.canonical.with_hash(&hash))
+                .flatten()
+                .map(|mut line| {
+                    line.push(b'\n');
+                    line
+                });
+            (hash, line)
         } else {
             // Something the direct writer does not reproduce: the same bytes, slower.
             let mut bytes = Vec::with_capacity(2048);
             canonical::write_value(&serde_json::to_value(&*event)?, &mut bytes)?;
-            digest(&bytes, self.key.as_ref().map(|k| k.as_slice()))?
+            (digest(&bytes, key)?, None)
         };
         event.hash.clone_from(&hash);
         self.prev_hash = hash;
         self.next_seq = self.next_seq.saturating_add(1);
-        Ok(())
+        Ok(line)
     }
 }
 

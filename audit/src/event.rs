@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use time::{OffsetDateTime, UtcOffset};
@@ -526,7 +527,7 @@ pub struct AuditEvent {
     pub application_name: Option<String>,
     /// The statement, normalized.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub statement: Option<StatementInfo>,
+    pub statement: Option<Arc<StatementInfo>>,
     /// The policy decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision: Option<DecisionInfo>,
@@ -645,9 +646,10 @@ impl AuditEvent {
         self
     }
 
-    /// Sets the statement.
-    pub fn with_statement(mut self, statement: StatementInfo) -> Self {
-        self.statement = Some(statement);
+    /// Sets the statement (shared: the executions of one prepared statement all
+    /// describe it with the same [`StatementInfo`]).
+    pub fn with_statement(mut self, statement: impl Into<Arc<StatementInfo>>) -> Self {
+        self.statement = Some(statement.into());
         self
     }
 

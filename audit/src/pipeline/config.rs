@@ -662,7 +662,7 @@ mod tests {
         let mut allowed = fixtures::statement();
         allowed.decision = Some(crate::event::DecisionInfo::new(Outcome::Allowed));
         let mut plain = allowed.clone();
-        plain.statement = Some(crate::event::StatementInfo::from_sql("select 1"));
+        plain.statement = Some(crate::event::StatementInfo::from_sql("select 1").into());
         let loss = AuditEvent::new(EventKind::AuditLoss);
         let f = |n| Filter::Named(n);
         assert!(f(NamedFilter::Denied).matches(&denied));

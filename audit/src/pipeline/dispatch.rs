@@ -21,8 +21,16 @@ const LOSS_TICK: Duration = Duration::from_secs(1);
 pub(crate) struct Route {
     pub(crate) name: String,
     pub(crate) filter: Filter,
-    pub(crate) tx: mpsc::Sender<Arc<AuditEvent>>,
+    pub(crate) tx: mpsc::Sender<Arc<Sealed>>,
     pub(crate) counters: Arc<SinkCounters>,
+}
+
+/// A sealed event with its native JSON line, as the workers receive it: sealing
+/// hashes the event's canonical form, which with the hash filled in *is* the native
+/// line, so JSON sinks do not serialize the event again.
+pub(crate) struct Sealed {
+    pub(crate) event: AuditEvent,
+    pub(crate) json: Vec<u8>,
 }
 
 pub(crate) struct Dispatcher {
@@ -86,14 +94,17 @@ impl Dispatcher {
     }
 
     async fn handle(&mut self, mut ev: AuditEvent) {
-        if let Err(e) = self.chainer.seal(&mut ev) {
-            tracing::error!(error = %e, "sealing audit event failed; event lost");
-            self.shared.record_loss(1);
-            return;
-        }
-        let ev = Arc::new(ev);
+        let json = match self.chainer.seal_line(&mut ev) {
+            Ok(json) => json,
+            Err(e) => {
+                tracing::error!(error = %e, "sealing audit event failed; event lost");
+                self.shared.record_loss(1);
+                return;
+            }
+        };
+        let ev = Arc::new(Sealed { event: ev, json });
         for route in &self.routes {
-            if !route.filter.matches(&ev) {
+            if !route.filter.matches(&ev.event) {
                 continue;
             }
             // Waiting here (when a worker is slow) lets the queue fill, which is where

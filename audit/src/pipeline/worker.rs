@@ -37,12 +37,12 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::Shared;
+use super::dispatch::Sealed;
 use super::config::Overflow;
 use super::deadletter::DeadLetter;
 use super::spool::{Spool, SpoolFull, stored_len};
 use super::stats::SinkCounters;
 use crate::AuditError;
-use crate::event::AuditEvent;
 use crate::format::Format;
 use crate::sink::{Sink, SinkError};
 
@@ -96,7 +96,7 @@ struct Undelivered {
 pub(crate) struct Worker {
     pub(crate) settings: WorkerSettings,
     pub(crate) sink: Box<dyn Sink>,
-    pub(crate) rx: mpsc::Receiver<Arc<AuditEvent>>,
+    pub(crate) rx: mpsc::Receiver<Arc<Sealed>>,
     pub(crate) spool: Arc<Mutex<Spool>>,
     pub(crate) shared: Arc<Shared>,
     dead_letter: Arc<DeadLetter>,
@@ -116,7 +116,7 @@ impl Worker {
     pub(crate) fn new(
         settings: WorkerSettings,
         sink: Box<dyn Sink>,
-        rx: mpsc::Receiver<Arc<AuditEvent>>,
+        rx: mpsc::Receiver<Arc<Sealed>>,
         (spool, dead_letter): (Spool, DeadLetter),
         shared: Arc<Shared>,
         counters: Arc<SinkCounters>,
@@ -223,11 +223,15 @@ impl Worker {
     }
 
     /// Encodes `events` in the sink's format, one record each.
-    fn encode(&mut self, events: &[Arc<AuditEvent>]) -> Vec<Vec<u8>> {
+    fn encode(&mut self, events: &[Arc<Sealed>]) -> Vec<Vec<u8>> {
         let mut batch = Vec::with_capacity(events.len());
         for e in events {
+            if self.settings.format == Format::Json {
+                batch.push(e.json.clone());
+                continue;
+            }
             let mut record = Vec::with_capacity(self.record_hint + self.record_hint / 8);
-            match self.settings.format.encode(e, &mut record) {
+            match self.settings.format.encode(&e.event, &mut record) {
                 Ok(()) => {
                     self.record_hint = record.len();
                     batch.push(record);
@@ -243,7 +247,7 @@ impl Worker {
     }
 
     /// Collects a batch of events. Returns whether the channel is closed and empty.
-    async fn fill(&mut self, batch: &mut Vec<Arc<AuditEvent>>) -> bool {
+    async fn fill(&mut self, batch: &mut Vec<Arc<Sealed>>) -> bool {
         let max = self.settings.batch_max;
         let spooling = !self.spool_is_empty();
         if spooling && self.retry_due() {

@@ -27,7 +27,8 @@ const MAX_STATEMENTS: usize = 10_000;
 /// What the audit trail knows about one analysed statement text.
 #[derive(Debug)]
 pub struct StatementAudit {
-    info: StatementInfo,
+    /// Shared by every event of the statement (each execution of a prepared one).
+    info: Arc<StatementInfo>,
     decision: DecisionInfo,
 }
 
@@ -165,7 +166,10 @@ impl SessionAudit {
         if full_text {
             info = info.with_full_text(sql);
         }
-        Arc::new(StatementAudit { info, decision })
+        Arc::new(StatementAudit {
+            info: Arc::new(info),
+            decision,
+        })
     }
 
     /// An event for running `stmt` (Query, or Execute of a portal).
@@ -176,7 +180,7 @@ impl SessionAudit {
             self.totals.denied += 1;
         }
         self.event(EventKind::Statement)
-            .with_statement(stmt.info.clone())
+            .with_statement(Arc::clone(&stmt.info))
             .with_decision(stmt.decision.clone())
     }
 
@@ -217,7 +221,7 @@ impl SessionAudit {
             None => {
                 // A portal of a statement the proxy no longer remembers: still audited.
                 let stmt = StatementAudit {
-                    info: StatementInfo::from_sql(""),
+                    info: Arc::new(StatementInfo::from_sql("")),
                     decision: DecisionInfo::new(Outcome::Allowed),
                 };
                 self.statement_event(&stmt)
