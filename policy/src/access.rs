@@ -7,7 +7,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use sqlparser::ast::{Query, Statement};
+use sqlparser::ast::{DataType, Expr, Query, Statement};
 
 use crate::catalog::{Catalog, GOVERNED_SYSTEM_RELATIONS, Relation};
 use crate::decision::{Denial, sqlstate};
@@ -60,6 +60,44 @@ pub(crate) struct Access {
     functions: Mutex<HashMap<String, bool>>,
     /// By the relation's address in `catalog` and `ONLY`.
     views: Mutex<HashMap<(usize, bool), ViewResult>>,
+    /// Parses of the policy's and catalog's texts that rewritten writes are built from
+    /// (see [`Resolve::expr`]).
+    parsed: Mutex<Parsed>,
+}
+
+/// Remembered parses, by text. A parse depends on its text alone, so what is
+/// remembered is right for whoever asks; the texts come from the policy and the
+/// catalog, so there are few of them, and each map is emptied when it grows past
+/// [`PARSED_ENTRIES`] all the same.
+#[derive(Default)]
+struct Parsed {
+    exprs: HashMap<Box<str>, Expr>,
+    queries: HashMap<Box<str>, Box<Query>>,
+    types: HashMap<Box<str>, DataType>,
+}
+
+/// How many parses of each kind an access remembers at most.
+const PARSED_ENTRIES: usize = 1024;
+
+/// `text` parsed by `parse`, remembered in the map `pick` selects from `parsed` (no
+/// lock is held while parsing; failures are not remembered).
+fn remembered<V: Clone>(
+    parsed: &Mutex<Parsed>,
+    pick: fn(&mut Parsed) -> &mut HashMap<Box<str>, V>,
+    text: &str,
+    parse: fn(&str) -> Result<V, Denial>,
+) -> Result<V, Denial> {
+    if let Some(found) = pick(&mut parsed.lock()).get(text) {
+        return Ok(found.clone());
+    }
+    let value = parse(text)?;
+    let mut parsed = parsed.lock();
+    let map = pick(&mut parsed);
+    if map.len() >= PARSED_ENTRIES {
+        map.clear();
+    }
+    map.insert(text.into(), value.clone());
+    Ok(value)
 }
 
 fn deny(message: String, rule: &str) -> Denial {
@@ -104,6 +142,7 @@ impl Access {
             wildcard: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
             views: Mutex::new(HashMap::new()),
+            parsed: Mutex::new(Parsed::default()),
         }
     }
 
@@ -525,6 +564,33 @@ impl Resolve for Resolver<'_> {
                 rule: rule.clone(),
             })),
         }
+    }
+
+    fn expr(&mut self, sql: &str) -> Result<Expr, Denial> {
+        remembered(
+            &self.access.parsed,
+            |p| &mut p.exprs,
+            sql,
+            crate::rewrite::write::parse_expr,
+        )
+    }
+
+    fn query(&mut self, sql: &str) -> Result<Box<Query>, Denial> {
+        remembered(
+            &self.access.parsed,
+            |p| &mut p.queries,
+            sql,
+            crate::rewrite::write::parse_query,
+        )
+    }
+
+    fn data_type(&mut self, type_name: &str) -> Result<DataType, Denial> {
+        remembered(
+            &self.access.parsed,
+            |p| &mut p.types,
+            type_name,
+            crate::rewrite::write::parse_data_type,
+        )
     }
 
     fn other(&mut self, parts: Option<&[String]>) -> Result<(), Denial> {
