@@ -7,7 +7,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use sqlparser::ast::{Query, Statement};
+use sqlparser::ast::{DataType, Expr, Query, Statement};
 
 use crate::catalog::{Catalog, GOVERNED_SYSTEM_RELATIONS, Relation};
 use crate::decision::{Denial, sqlstate};
@@ -26,7 +26,9 @@ enum View {
     Open,
     /// Read it through this derived table.
     Derived {
-        query: Box<Query>,
+        /// The derived table's query as printed, proven to parse back to itself alone
+        /// and as a derived table in FROM.
+        text: Arc<str>,
         filter: Option<String>,
         filter_columns: Vec<String>,
         masked: Vec<String>,
@@ -60,6 +62,44 @@ pub(crate) struct Access {
     functions: Mutex<HashMap<String, bool>>,
     /// By the relation's address in `catalog` and `ONLY`.
     views: Mutex<HashMap<(usize, bool), ViewResult>>,
+    /// Parses of the policy's and catalog's texts that rewritten writes are built from
+    /// (see [`Resolve::expr`]).
+    parsed: Mutex<Parsed>,
+}
+
+/// Remembered parses, by text. A parse depends on its text alone, so what is
+/// remembered is right for whoever asks; the texts come from the policy and the
+/// catalog, so there are few of them, and each map is emptied when it grows past
+/// [`PARSED_ENTRIES`] all the same.
+#[derive(Default)]
+struct Parsed {
+    exprs: HashMap<Box<str>, Expr>,
+    queries: HashMap<Box<str>, Box<Query>>,
+    types: HashMap<Box<str>, DataType>,
+}
+
+/// How many parses of each kind an access remembers at most.
+const PARSED_ENTRIES: usize = 1024;
+
+/// `text` parsed by `parse`, remembered in the map `pick` selects from `parsed` (no
+/// lock is held while parsing; failures are not remembered).
+fn remembered<V: Clone>(
+    parsed: &Mutex<Parsed>,
+    pick: fn(&mut Parsed) -> &mut HashMap<Box<str>, V>,
+    text: &str,
+    parse: fn(&str) -> Result<V, Denial>,
+) -> Result<V, Denial> {
+    if let Some(found) = pick(&mut parsed.lock()).get(text) {
+        return Ok(found.clone());
+    }
+    let value = parse(text)?;
+    let mut parsed = parsed.lock();
+    let map = pick(&mut parsed);
+    if map.len() >= PARSED_ENTRIES {
+        map.clear();
+    }
+    map.insert(text.into(), value.clone());
+    Ok(value)
 }
 
 fn deny(message: String, rule: &str) -> Denial {
@@ -104,6 +144,7 @@ impl Access {
             wildcard: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
             views: Mutex::new(HashMap::new()),
+            parsed: Mutex::new(Parsed::default()),
         }
     }
 
@@ -341,15 +382,11 @@ impl Access {
                 .map(|f| format!(" WHERE {f}"))
                 .unwrap_or_default()
         );
-        // The view's query must print as it parses: rewritten reads are forwarded
-        // without parsing their whole text again (see `engine::rewrite`).
-        let query = match crate::analysis::parse(&sql).ok().and_then(|mut s| s.pop()) {
-            Some(Statement::Query(query))
-                if crate::analysis::parse(&query.to_string())
-                    .is_ok_and(|again| again == [Statement::Query(query.clone())]) =>
-            {
-                query
-            }
+        // The view's query must print as it parses, alone and in FROM: its text is
+        // spliced into rewritten statements that are not parsed again (see
+        // `engine::rewrite`).
+        let text = match crate::analysis::parse(&sql).ok().and_then(|mut s| s.pop()) {
+            Some(Statement::Query(query)) if prints_as_parsed(&query) => query.to_string(),
             _ => {
                 return Err(deny(
                     format!(
@@ -361,7 +398,7 @@ impl Access {
             }
         };
         Ok(View::Derived {
-            query,
+            text: text.into(),
             filter,
             filter_columns: filter_columns.into_iter().collect(),
             masked,
@@ -398,7 +435,7 @@ impl Access {
     /// nothing to rewrite): then the statement is forwarded as analysed. `Err` when a
     /// reference is refused outright.
     pub(crate) fn open(&self, census: &Census) -> Result<bool, Denial> {
-        let mut resolver = Resolver { access: self };
+        let mut resolver = self.resolver();
         let mut open = true;
         for (parts, only) in &census.reads {
             if let Some(View::Derived { .. }) = self.read_view(parts, *only)?.as_deref() {
@@ -483,20 +520,144 @@ impl Access {
 
     /// A resolver that rewrites for this identity.
     pub(crate) fn resolver(&self) -> Resolver<'_> {
-        Resolver { access: self }
+        Resolver {
+            access: self,
+            views: Vec::new(),
+        }
     }
 }
 
+/// Whether `query` prints as it parses, alone and as a derived table in FROM.
+fn prints_as_parsed(query: &Query) -> bool {
+    let text = query.to_string();
+    let alone = crate::analysis::parse(&text).is_ok_and(
+        |again| matches!(again.as_slice(), [Statement::Query(again)] if **again == *query),
+    );
+    let derived = || {
+        let Ok(mut again) = crate::analysis::parse(&format!("SELECT * FROM ({text}) AS v")) else {
+            return false;
+        };
+        let Some(Statement::Query(outer)) = again.pop().filter(|_| again.is_empty()) else {
+            return false;
+        };
+        let sqlparser::ast::SetExpr::Select(select) = *outer.body else {
+            return false;
+        };
+        matches!(
+            select.from.as_slice(),
+            [sqlparser::ast::TableWithJoins {
+                relation: sqlparser::ast::TableFactor::Derived { subquery, .. },
+                joins,
+            }] if joins.is_empty() && **subquery == *query
+        )
+    };
+    alone && derived()
+}
+
 /// [`Resolve`] for one identity.
+///
+/// A read through a view is substituted by a placeholder derived table,
+/// `(SELECT portcullis_view_<nonce>_<k>)`, and the view's text is spliced in place of
+/// the placeholder's once the statement is printed (see [`Resolver::splice`]): the
+/// view's tree is neither cloned nor printed again.
 pub(crate) struct Resolver<'a> {
     access: &'a Access,
+    /// The placeholders handed out, in order, each with its view's text.
+    views: Vec<(String, Arc<str>)>,
+}
+
+/// The name placeholders are built from: `portcullis_view_`, then 32 hex digits random
+/// per process, so no statement text holds one but by a 128-bit guess (and
+/// [`Resolver::splice`] refuses a text holding one twice anyway).
+fn placeholder_prefix() -> &'static str {
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PREFIX.get_or_init(|| {
+        use std::hash::BuildHasher;
+        let random = || std::collections::hash_map::RandomState::new().hash_one(0u8);
+        format!("portcullis_view_{:016x}{:016x}_", random(), random())
+    })
+}
+
+impl Resolver<'_> {
+    /// A placeholder query standing for the view `text`, remembered for
+    /// [`Resolver::splice`].
+    fn placeholder(&mut self, text: &Arc<str>) -> Option<Box<Query>> {
+        static TEMPLATE: std::sync::OnceLock<Option<Box<Query>>> = std::sync::OnceLock::new();
+        let name = format!("{}{}", placeholder_prefix(), self.views.len());
+        self.views.push((name.clone(), Arc::clone(text)));
+        let template = TEMPLATE.get_or_init(|| {
+            match crate::analysis::parse("SELECT portcullis_view")
+                .ok()?
+                .pop()?
+            {
+                Statement::Query(query) => Some(query),
+                _ => None,
+            }
+        });
+        let mut query = template.clone()?;
+        let sqlparser::ast::SetExpr::Select(select) = query.body.as_mut() else {
+            return None;
+        };
+        let Some(sqlparser::ast::SelectItem::UnnamedExpr(Expr::Identifier(ident))) =
+            select.projection.first_mut()
+        else {
+            return None;
+        };
+        ident.value = name;
+        Some(query)
+    }
+
+    /// `printed` (statements printed with placeholders) with each placeholder's
+    /// printed form replaced by its view's text in parentheses, which is exactly what
+    /// printing the statements with the views' trees in place would give: a derived
+    /// table prints as `(`, its query, `)`, whatever stands around it. `None` unless
+    /// every placeholder occurs exactly once in `printed`: once is the placeholder
+    /// itself, so nothing in the client's text (a literal, an identifier, a comment
+    /// would not print) can stand in for one.
+    ///
+    /// Why the spliced text means the spliced tree without parsing it again: the
+    /// printed statement parses back to its tree (as analysed, or checked again after
+    /// a write was rebuilt), so each placeholder stands where the parser reads a
+    /// parenthesized derived table. There the parser reads a whole query up to the
+    /// matching `)` whatever surrounds it, and the view's text was proven to parse
+    /// back to the view's query, alone and as a derived table (see
+    /// `prints_as_parsed`), so the spliced text parses back to the statement with the
+    /// views in place.
+    pub(crate) fn splice(&self, printed: &str) -> Option<String> {
+        let mut found = Vec::with_capacity(self.views.len());
+        for (name, text) in &self.views {
+            let needle = format!("(SELECT {name})");
+            let at = printed.find(&needle)?;
+            if printed[at + 1..].contains(&needle) {
+                return None;
+            }
+            found.push((at, needle.len(), text));
+        }
+        found.sort_by_key(|(at, ..)| *at);
+        let extra: usize = found.iter().map(|(_, _, text)| text.len() + 2).sum();
+        let mut spliced = String::with_capacity(printed.len() + extra);
+        let mut copied = 0;
+        for (at, len, text) in found {
+            // Placeholders cannot overlap: each starts with the only `(` it holds.
+            spliced.push_str(printed.get(copied..at)?);
+            spliced.push('(');
+            spliced.push_str(text);
+            spliced.push(')');
+            copied = at + len;
+        }
+        spliced.push_str(printed.get(copied..)?);
+        Some(spliced)
+    }
 }
 
 impl Resolve for Resolver<'_> {
     fn read(&mut self, parts: &[String], only: bool) -> Result<Read, Denial> {
         match self.access.read_view(parts, only)?.as_deref() {
             None | Some(View::Open) => Ok(Read::Keep),
-            Some(View::Derived { query, .. }) => Ok(Read::Substitute(query.clone())),
+            Some(View::Derived { text, .. }) => self
+                .placeholder(text)
+                .map(Read::Substitute)
+                .ok_or_else(|| crate::rewrite::write::refuse("this statement (no placeholder)")),
         }
     }
 
@@ -525,6 +686,33 @@ impl Resolve for Resolver<'_> {
                 rule: rule.clone(),
             })),
         }
+    }
+
+    fn expr(&mut self, sql: &str) -> Result<Expr, Denial> {
+        remembered(
+            &self.access.parsed,
+            |p| &mut p.exprs,
+            sql,
+            crate::rewrite::write::parse_expr,
+        )
+    }
+
+    fn query(&mut self, sql: &str) -> Result<Box<Query>, Denial> {
+        remembered(
+            &self.access.parsed,
+            |p| &mut p.queries,
+            sql,
+            crate::rewrite::write::parse_query,
+        )
+    }
+
+    fn data_type(&mut self, type_name: &str) -> Result<DataType, Denial> {
+        remembered(
+            &self.access.parsed,
+            |p| &mut p.types,
+            type_name,
+            crate::rewrite::write::parse_data_type,
+        )
     }
 
     fn other(&mut self, parts: Option<&[String]>) -> Result<(), Denial> {
@@ -596,5 +784,215 @@ impl Resolve for Resolver<'_> {
                 "policy.csv",
             ))
         }
+    }
+}
+
+#[cfg(test)]
+#[path = "../tests/fixtures/mod.rs"]
+mod fixtures;
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::analysis::{self, Outcome};
+    use crate::config::PolicyConfig;
+    use crate::decision::Decision;
+    use crate::engine::Engine;
+    use crate::policy::Policy;
+    use crate::rewrite::Walker;
+
+    use super::fixtures;
+
+    fn policy() -> Policy {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
+        let governance = Governance::load(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let config: PolicyConfig =
+            toml::from_str("[roles.support]\nallow = [\"read\", \"write\"]\n")
+                .unwrap_or_else(|e| panic!("{e}"));
+        Policy::compile_governed(&config, governance).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn support(tenant: &str) -> Identity {
+        let mut identity = Identity::new("support_acme", ["support"]);
+        identity.attributes.insert("tenant".into(), tenant.into());
+        identity
+    }
+
+    fn forwarded(decision: Decision) -> Result<String, (String, String)> {
+        match decision {
+            Decision::Allow { sql, .. } => Ok(sql.to_string()),
+            Decision::Deny(denial) => Err((denial.sqlstate.to_string(), denial.rule)),
+        }
+    }
+
+    /// Resolves like [`Resolver`], but substitutes each view's tree (parsed from its
+    /// text) rather than a placeholder: the rewrite as it was before splicing.
+    struct Trees<'a>(Resolver<'a>);
+
+    impl Resolve for Trees<'_> {
+        fn read(&mut self, parts: &[String], only: bool) -> Result<Read, Denial> {
+            match self.0.read(parts, only)? {
+                Read::Keep => Ok(Read::Keep),
+                Read::Substitute(_) => {
+                    let text = self.0.views.last().map(|(_, text)| text.to_string());
+                    match analysis::parse(&text.unwrap_or_default()).map(|mut s| s.pop()) {
+                        Ok(Some(Statement::Query(query))) => Ok(Read::Substitute(query)),
+                        _ => panic!("a view's text does not parse"),
+                    }
+                }
+            }
+        }
+        fn target(&mut self, parts: &[String], act: Act) -> Result<Option<TargetRule>, Denial> {
+            self.0.target(parts, act)
+        }
+        fn other(&mut self, parts: Option<&[String]>) -> Result<(), Denial> {
+            self.0.other(parts)
+        }
+        fn function(&mut self, parts: Option<&[String]>) -> Result<(), Denial> {
+            self.0.function(parts)
+        }
+    }
+
+    #[test]
+    fn spliced_reads_print_as_the_views_trees_would() {
+        let catalog = fixtures::quickstart_catalog().with_function("pg_catalog", "max");
+        let (policy, catalog) = (policy(), Arc::new(catalog));
+        let governance = policy.governance().cloned().unwrap_or_else(|| panic!());
+        let identity = support("1");
+        let access = Access::new(0, governance, Arc::clone(&catalog), &identity);
+        for sql in [
+            "SELECT id, name, email, ssn, card_number FROM customers WHERE id = $1",
+            "SELECT c.name, o.total FROM orders o JOIN customers c ON c.id = o.customer_id",
+            "SELECT * FROM customers; SELECT * FROM orders, public.customers",
+            "WITH recent AS (SELECT * FROM orders) SELECT * FROM recent, customers",
+            "SELECT * FROM customers UNION ALL SELECT * FROM customers",
+            "SELECT (SELECT max(total) FROM orders WHERE customer_id = c.id) FROM customers c",
+            "SELECT * FROM (SELECT * FROM (SELECT name FROM customers) AS a) AS b",
+            "SELECT * FROM ONLY customers WHERE name = '(SELECT 1)'",
+            "UPDATE orders SET status = $1 WHERE customer_id IN (SELECT id FROM customers)",
+            "INSERT INTO orders (tenant_id, customer_id, total, status) SELECT tenant_id, id, 0, 'x' FROM customers",
+        ] {
+            let Outcome::Statements { statements, .. } = analysis::analyze(sql).outcome else {
+                panic!("{sql} does not parse");
+            };
+            let mut trees = Trees(access.resolver());
+            let old: Vec<String> = statements
+                .iter()
+                .map(|statement| {
+                    let mut ast = statement.ast.clone();
+                    Walker::new(&mut trees)
+                        .walk(&mut ast)
+                        .unwrap_or_else(|d| panic!("{sql}: {d:?}"));
+                    ast.to_string()
+                })
+                .collect();
+            let engine = Engine::default();
+            let new = forwarded(engine.decide(&policy, &catalog, &identity, sql));
+            assert_eq!(new, Ok(old.join("; ")), "{sql}");
+        }
+    }
+
+    #[test]
+    fn a_client_text_holding_a_placeholder_smuggles_nothing() {
+        let (policy, catalog) = (policy(), Arc::new(fixtures::quickstart_catalog()));
+        let identity = support("1");
+        let prefix = placeholder_prefix();
+        let refused = Err(("42601".to_string(), "rewrite".to_string()));
+        // The first view's placeholder is `<prefix>0`: a text holding its printed form
+        // anywhere (literal, quoted identifier, a subquery of its own) is refused.
+        for sql in [
+            format!("SELECT '(SELECT {prefix}0)' AS x, name FROM customers"),
+            format!("SELECT \"(SELECT {prefix}0)\" FROM customers"),
+            format!("SELECT * FROM (SELECT {prefix}0) AS x, customers"),
+            format!("SELECT * FROM customers WHERE name = 'a(SELECT {prefix}0)(SELECT {prefix}0)'"),
+            format!(
+                "UPDATE orders SET status = '(SELECT {prefix}0)' WHERE customer_id IN (SELECT id FROM customers)"
+            ),
+        ] {
+            let engine = Engine::default();
+            let decided = forwarded(engine.decide(&policy, &catalog, &identity, &sql));
+            assert_eq!(decided, refused, "{sql}");
+        }
+        // The form of a placeholder not handed out is left as the client wrote it, and
+        // the view is spliced once, where it belongs.
+        let sql = format!("SELECT name FROM customers WHERE name = '(SELECT {prefix}1)'");
+        let engine = Engine::default();
+        let text = forwarded(engine.decide(&policy, &catalog, &identity, &sql))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(text.matches(prefix).count(), 1, "{text}");
+        assert!(
+            text.ends_with(&format!("AS customers WHERE name = '(SELECT {prefix}1)'")),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("FROM \"public\".\"customers\"").count(),
+            1,
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn splice_refuses_missing_and_repeated_placeholders() {
+        let (policy, catalog) = (policy(), Arc::new(fixtures::quickstart_catalog()));
+        let governance = policy.governance().cloned().unwrap_or_else(|| panic!());
+        let access = Access::new(0, governance, catalog, &support("1"));
+        let mut resolver = access.resolver();
+        let view: Arc<str> = Arc::from("SELECT 1");
+        assert!(resolver.placeholder(&view).is_some());
+        let needle = format!("(SELECT {}0)", placeholder_prefix());
+        assert_eq!(resolver.splice("SELECT 2"), None);
+        assert_eq!(resolver.splice(&format!("{needle} {needle}")), None);
+        assert_eq!(
+            resolver.splice(&format!("SELECT * FROM {needle} AS t")),
+            Some("SELECT * FROM (SELECT 1) AS t".to_string())
+        );
+    }
+
+    #[test]
+    fn remembered_parses_never_cross_identities() {
+        let (policy, catalog) = (policy(), Arc::new(fixtures::quickstart_catalog()));
+        let engine = Engine::default();
+        for (tenant, other) in [("1", "2"), ("2", "1"), ("1", "2")] {
+            let identity = support(tenant);
+            let insert = forwarded(engine.decide(
+                &policy,
+                &catalog,
+                &identity,
+                "INSERT INTO orders (tenant_id, customer_id, total, status) VALUES ($1, $2, $3, $4)",
+            ))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+            assert!(
+                insert.contains(&format!("row_check(((tenant_id = '{tenant}'))")),
+                "{insert}"
+            );
+            assert!(!insert.contains(&format!("'{other}'")), "{insert}");
+            let update = forwarded(engine.decide(
+                &policy,
+                &catalog,
+                &identity,
+                "UPDATE orders SET tenant_id = $1 WHERE id = $2",
+            ))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+            assert!(
+                update.contains(&format!("(CAST(($1) AS INTEGER)) = '{tenant}'")),
+                "{update}"
+            );
+            assert!(
+                update.ends_with(&format!("((orders.tenant_id = '{tenant}'))")),
+                "{update}"
+            );
+            assert!(!update.contains(&format!("'{other}'")), "{update}");
+        }
+    }
+
+    #[test]
+    fn column_types_must_read_as_one_cast() {
+        use crate::rewrite::write::parse_data_type;
+        let numeric = parse_data_type("numeric(12,2)").map(|t| t.to_string());
+        assert_eq!(numeric.ok().as_deref(), Some("NUMERIC(12,2)"));
+        assert!(parse_data_type("integer) OR (1 = 1").is_err());
+        assert!(parse_data_type("integer AS").is_err());
     }
 }

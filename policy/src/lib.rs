@@ -84,6 +84,9 @@
 
 #![warn(missing_docs)]
 
+#[cfg(test)]
+extern crate self as portcullis_policy;
+
 mod access;
 mod analysis;
 pub mod catalog;

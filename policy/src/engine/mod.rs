@@ -101,7 +101,9 @@ const ACCESS_CACHE_ENTRIES: usize = 1024;
 /// text was proven to parse back to its tree, each derived table's query was proven to
 /// parse back to itself when its view was built, and a derived table prints as
 /// `(query) alias`, so the parts print as they parse. Writes are rebuilt in more places
-/// (predicates, casts, checks), so their whole text is parsed back and compared.
+/// (predicates, casts, checks), so their text is parsed back and compared (with the
+/// views' placeholders in place: the views' texts are spliced in afterwards, see
+/// [`crate::access::Resolver::splice`]).
 fn rewrite(access: &Access, statements: &[AnalyzedStatement], classes: ClassSet) -> Decision {
     let mut rewritten = Vec::with_capacity(statements.len());
     let mut resolver = access.resolver();
@@ -121,13 +123,14 @@ fn rewrite(access: &Access, statements: &[AnalyzedStatement], classes: ClassSet)
         .collect::<Vec<_>>()
         .join("; ");
     let faithful = !constrained || analysis::parse(&text).is_ok_and(|again| again == rewritten);
-    if !faithful {
+    let spliced = faithful.then(|| resolver.splice(&text)).flatten();
+    let Some(text) = spliced else {
         return deny(
             sqlstate::SYNTAX_ERROR,
             "portcullis: statement refused because its rewritten form does not parse back to the same statement; rule: rewrite".to_string(),
             "rewrite",
         );
-    }
+    };
     Decision::Allow {
         sql: Arc::from(text),
         classes,

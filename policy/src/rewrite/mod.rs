@@ -18,9 +18,10 @@ pub(crate) mod write;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    AssignmentTarget, CopySource, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArguments,
-    Ident, ObjectName, ObjectNamePart, Query, SelectItem, SelectItemQualifiedWildcardKind, SetExpr,
-    Statement, TableAlias, TableFactor, TableInheritance, VisitMut, VisitorMut,
+    AssignmentTarget, CopySource, DataType, Expr, Function, FunctionArg, FunctionArgExpr,
+    FunctionArguments, Ident, ObjectName, ObjectNamePart, Query, SelectItem,
+    SelectItemQualifiedWildcardKind, SetExpr, Statement, TableAlias, TableFactor, TableInheritance,
+    VisitMut, VisitorMut,
 };
 
 use crate::decision::Denial;
@@ -83,6 +84,20 @@ pub(crate) trait Resolve {
     /// A name the statement uses that may stand for a column (see [`Named`]). Only the
     /// census records these, for the audit trail's touched columns.
     fn named(&mut self, _named: Named<'_>) {}
+    /// `sql` parsed as an expression. `sql` comes from the policy and the catalog, never
+    /// from the statement, so a resolver may remember the parse (the text is all it
+    /// depends on).
+    fn expr(&mut self, sql: &str) -> Result<Expr, Denial> {
+        write::parse_expr(sql)
+    }
+    /// `sql` parsed as a query; like [`Resolve::expr`].
+    fn query(&mut self, sql: &str) -> Result<Box<Query>, Denial> {
+        write::parse_query(sql)
+    }
+    /// A catalog type name parsed as the type of a `CAST`; like [`Resolve::expr`].
+    fn data_type(&mut self, type_name: &str) -> Result<DataType, Denial> {
+        write::parse_data_type(type_name)
+    }
 }
 
 /// What a statement names, beyond relations and functions, that tells which columns

@@ -12,9 +12,10 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    AssignmentTarget, CopySource, Expr, FromTable, Ident, Insert, ObjectName, OnConflictAction,
-    OnInsert, Query, SelectItem, SetExpr, Statement, TableFactor, TableObject, Visit, VisitMut,
-    Visitor, VisitorMut,
+    AssignmentTarget, CaseWhen, CastKind, CopySource, DataType, Expr, FromTable, Function,
+    FunctionArg, FunctionArgExpr, FunctionArguments, Ident, Insert, ObjectName, OnConflictAction,
+    OnInsert, Query, SelectItem, SetExpr, Statement, TableAliasColumnDef, TableFactor, TableObject,
+    Value, Visit, VisitMut, Visitor, VisitorMut,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -106,17 +107,41 @@ fn flow(flow: ControlFlow<Denial>) -> Result<(), Denial> {
     }
 }
 
-fn parse_expr(sql: &str) -> Result<Expr, Denial> {
+pub(crate) fn parse_expr(sql: &str) -> Result<Expr, Denial> {
     Parser::new(&PostgreSqlDialect {})
         .try_with_sql(sql)
         .and_then(|mut parser| parser.parse_expr())
         .map_err(|_| refuse("this statement (its rewritten form did not parse)"))
 }
 
-fn parse_query(sql: &str) -> Result<Box<Query>, Denial> {
+pub(crate) fn parse_query(sql: &str) -> Result<Box<Query>, Denial> {
     match crate::analysis::parse(sql).ok().and_then(|mut s| s.pop()) {
         Some(Statement::Query(query)) => Ok(query),
         _ => Err(refuse("this statement (its rewritten form did not parse)")),
+    }
+}
+
+/// The type `type_name` stands for in `CAST(... AS type_name)`. Anything that does not
+/// read as exactly one plain `CAST` is refused.
+pub(crate) fn parse_data_type(type_name: &str) -> Result<DataType, Denial> {
+    match parse_expr(&format!("CAST(NULL AS {type_name})"))? {
+        Expr::Cast {
+            kind: CastKind::Cast,
+            data_type,
+            format: None,
+            ..
+        } => Ok(data_type),
+        _ => Err(refuse("this statement (a column type did not parse)")),
+    }
+}
+
+/// `CAST((value) AS data_type)`, as the text would parse.
+fn cast(value: Expr, data_type: DataType) -> Expr {
+    Expr::Cast {
+        kind: CastKind::Cast,
+        expr: Box::new(Expr::Nested(Box::new(value))),
+        data_type,
+        format: None,
     }
 }
 
@@ -227,17 +252,14 @@ fn check_returning(
 /// The filter as an expression whose target columns are qualified with `qualifier`
 /// (so it cannot be captured by another table in FROM/USING), with `replace`d columns
 /// swapped for the given SQL instead.
-fn filter_expr(
+fn filter_expr<R: Resolve>(
+    resolve: &mut R,
     rule: &TargetRule,
     filter: &str,
     qualifier: &Ident,
-    replace: &[(String, String)],
+    replace: &[(String, Expr)],
 ) -> Result<Expr, Denial> {
-    let mut expr = parse_expr(filter)?;
-    let mut replacements = Vec::with_capacity(replace.len());
-    for (column, sql) in replace {
-        replacements.push((column.clone(), parse_expr(sql)?));
-    }
+    let mut expr = resolve.expr(filter)?;
     struct Qualify<'a> {
         columns: &'a [(String, String)],
         qualifier: &'a Ident,
@@ -274,11 +296,51 @@ fn filter_expr(
         &mut Qualify {
             columns: &rule.columns,
             qualifier,
-            replace: &replacements,
+            replace,
             depth: 0,
         },
     );
     Ok(expr)
+}
+
+/// Fills `CASE WHEN portcullis.row_check((NULL), 'rule') THEN NULL END` (`template`)
+/// with `check` for the first NULL and `value` for the second; `None` if the template
+/// is not that.
+fn checked(mut template: Expr, check: Expr, value: Expr) -> Option<Expr> {
+    let Expr::Case {
+        operand: None,
+        conditions,
+        else_result: None,
+        ..
+    } = &mut template
+    else {
+        return None;
+    };
+    let [CaseWhen { condition, result }] = conditions.as_mut_slice() else {
+        return None;
+    };
+    let Expr::Function(Function {
+        args: FunctionArguments::List(list),
+        ..
+    }) = condition
+    else {
+        return None;
+    };
+    let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Nested(first)))) =
+        list.args.first_mut()
+    else {
+        return None;
+    };
+    if !is_null(first) || !is_null(result) {
+        return None;
+    }
+    **first = check;
+    *result = value;
+    Some(template)
+}
+
+fn is_null(expr: &Expr) -> bool {
+    matches!(expr, Expr::Value(value) if value.value == Value::Null)
 }
 
 fn and(selection: &mut Option<Expr>, filter: Expr) {
@@ -392,22 +454,38 @@ fn insert<R: Resolve>(walker: &mut Walker<'_, R>, insert: &mut Insert) -> Result
                 let Some(column) = columns.get(index) else {
                     continue;
                 };
-                let type_name = column_type(&rule, column)?;
-                *value = parse_expr(&format!("CAST(({value}) AS {type_name})"))?;
+                let data_type = walker.resolver().data_type(column_type(&rule, column)?)?;
+                *value = cast(
+                    std::mem::replace(value, Expr::Value(Value::Null.into())),
+                    data_type,
+                );
             }
         }
     }
-    let list: Vec<String> = columns.iter().map(|c| quoted(c)).collect();
+    if columns.is_empty() {
+        return Err(refuse("this INSERT"));
+    }
+    // The wrapper depends on the policy only: parsed once per filter and rule, then
+    // given the statement's column list and rows.
     let wrapper = format!(
-        "SELECT * FROM (SELECT 1) AS portcullis_new({}) WHERE portcullis.row_check(({filter}), {})",
-        list.join(", "),
+        "SELECT * FROM (SELECT 1) AS portcullis_new WHERE portcullis.row_check(({filter}), {})",
         literal(&rule.rule),
     );
-    let mut wrapper = parse_query(&wrapper)?;
+    let mut wrapper = walker.resolver().query(&wrapper)?;
     if let SetExpr::Select(select) = wrapper.body.as_mut() {
-        if let Some(TableFactor::Derived { subquery, .. }) =
-            select.from.first_mut().map(|t| &mut t.relation)
+        if let Some(TableFactor::Derived {
+            subquery,
+            alias: Some(alias),
+            ..
+        }) = select.from.first_mut().map(|t| &mut t.relation)
         {
+            alias.columns = columns
+                .iter()
+                .map(|c| TableAliasColumnDef {
+                    name: Ident::with_quote('"', c.as_str()),
+                    data_type: None,
+                })
+                .collect();
             std::mem::swap(subquery, source);
             *source = wrapper;
             return Ok(());
@@ -458,16 +536,19 @@ fn update<R: Resolve>(
                         format!("a multi-column assignment to {column} under a row filter"),
                     ));
                 }
-                let type_name = column_type(&rule, &column)?;
-                moved.push((
-                    column,
-                    format!("CAST(({}) AS {type_name})", assignment.value),
-                ));
+                let data_type = walker.resolver().data_type(column_type(&rule, &column)?)?;
+                moved.push((column, cast(assignment.value.clone(), data_type)));
             }
         }
     }
     if !moved.is_empty() {
-        let check = filter_expr(&rule, &filter, &qualifier, &moved)?;
+        let check = filter_expr(walker.resolver(), &rule, &filter, &qualifier, &moved)?;
+        // `CASE WHEN portcullis.row_check((check), 'rule') THEN new_value END`, from a
+        // template parsed once per rule.
+        let template = walker.resolver().expr(&format!(
+            "CASE WHEN portcullis.row_check((NULL), {}) THEN NULL END",
+            literal(&rule.rule)
+        ))?;
         for assignment in &mut update.assignments {
             let AssignmentTarget::ColumnName(name) = &assignment.target else {
                 continue;
@@ -476,17 +557,13 @@ fn update<R: Resolve>(
                 continue;
             };
             if let Some((_, new_value)) = moved.iter().find(|(c, _)| *c == column) {
-                assignment.value = parse_expr(&format!(
-                    "CASE WHEN portcullis.row_check(({check}), {}) THEN {new_value} END",
-                    literal(&rule.rule)
-                ))?;
+                assignment.value = checked(template.clone(), check.clone(), new_value.clone())
+                    .ok_or_else(|| refuse("this UPDATE"))?;
             }
         }
     }
-    and(
-        &mut update.selection,
-        filter_expr(&rule, &filter, &qualifier, &[])?,
-    );
+    let filter = filter_expr(walker.resolver(), &rule, &filter, &qualifier, &[])?;
+    and(&mut update.selection, filter);
     Ok(())
 }
 
@@ -517,10 +594,8 @@ fn delete<R: Resolve>(
     check_no_masked_reads(&rule, &qualifier, &delete.using)?;
     check_returning(&rule, &qualifier, &delete.returning)?;
     if let Some(filter) = rule.filter.clone() {
-        and(
-            &mut delete.selection,
-            filter_expr(&rule, &filter, &qualifier, &[])?,
-        );
+        let filter = filter_expr(walker.resolver(), &rule, &filter, &qualifier, &[])?;
+        and(&mut delete.selection, filter);
     }
     Ok(())
 }
