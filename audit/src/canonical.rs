@@ -131,9 +131,9 @@ fn string(out: &mut Vec<u8>, s: &str) -> Result<(), Unsupported> {
     // an event have none, and checking that first is several times faster than
     // serde_json's byte-by-byte escaping (a fold without early exit, so that the
     // compiler vectorizes it).
-    let plain = !s
-        .bytes()
-        .fold(false, |seen, b| seen | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    let plain = !s.bytes().fold(false, |seen, b| {
+        seen | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
     if plain {
         out.reserve(s.len() + 2);
         out.push(b'"');

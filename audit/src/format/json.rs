@@ -78,7 +78,10 @@ mod tests {
                 let line = chain.seal_line(&mut event).unwrap();
                 let mut encoded = Vec::new();
                 encode(&event, &mut encoded).unwrap();
-                assert_eq!(String::from_utf8(line).unwrap(), String::from_utf8(encoded).unwrap());
+                assert_eq!(
+                    String::from_utf8(line).unwrap(),
+                    String::from_utf8(encoded).unwrap()
+                );
             }
         }
     }

@@ -37,9 +37,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::Shared;
-use super::dispatch::Sealed;
 use super::config::Overflow;
 use super::deadletter::DeadLetter;
+use super::dispatch::Sealed;
 use super::spool::{Spool, SpoolFull, stored_len};
 use super::stats::SinkCounters;
 use crate::AuditError;
