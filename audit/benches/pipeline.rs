@@ -52,6 +52,9 @@ use portcullis_audit::pipeline::{
 use portcullis_audit::{Chainer, Format};
 use tokio_util::sync::CancellationToken;
 
+#[path = "../tests/support/rsyslog.rs"]
+mod rsyslog;
+
 /// The proxy's allocator (see `proxy/src/main.rs`), so that the figures are the proxy's.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -338,17 +341,8 @@ impl Rsyslog {
             .local_addr()
             .unwrap()
             .port();
-        let work = dir.path().join("work");
-        fs::create_dir_all(&work).unwrap();
-        let conf = format!(
-            "global(workDirectory=\"{work}\")\n\
-             module(load=\"imtcp\")\n\
-             input(type=\"imtcp\" port=\"{port}\")\n\
-             template(name=\"raw\" type=\"string\" string=\"%rawmsg%\\n\")\n\
-             action(type=\"omfile\" file=\"{out}\" template=\"raw\" flushOnTXEnd=\"on\")\n",
-            work = work.display(),
-            out = dir.path().join("received.log").display(),
-        );
+        fs::create_dir_all(rsyslog::work_dir(dir.path())).unwrap();
+        let conf = rsyslog::config(dir.path(), port, None);
         let conf_path = dir.path().join("rsyslog.conf");
         fs::write(&conf_path, conf).unwrap();
         let log = fs::File::create(dir.path().join("rsyslogd.stderr")).unwrap();
@@ -390,7 +384,7 @@ impl Rsyslog {
     /// Lines rsyslogd has written so far (reads only what is new since the last call).
     fn lines(&self) -> usize {
         let (mut offset, mut lines) = self.read.get();
-        if let Ok(mut f) = fs::File::open(self.dir.path().join("received.log")) {
+        if let Ok(mut f) = fs::File::open(rsyslog::received_log(self.dir.path())) {
             let mut buf = Vec::new();
             f.seek(SeekFrom::Start(offset)).unwrap();
             f.read_to_end(&mut buf).unwrap();

@@ -21,6 +21,9 @@ use portcullis_audit::pipeline::{
 };
 use tokio_util::sync::CancellationToken;
 
+#[path = "support/rsyslog.rs"]
+mod rsyslog;
+
 const RSYSLOGD: &str = "/usr/sbin/rsyslogd";
 const GTLS_MODULE: &str = "/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so";
 
@@ -91,32 +94,13 @@ struct Rsyslog {
 
 impl Rsyslog {
     fn configure(dir: &Path, port: u16, tls: Option<&Tls>) -> Rsyslog {
-        let work = dir.join("work");
-        fs::create_dir_all(&work).unwrap();
-        let out = dir.join("received.log");
-        let mut conf = format!("global(workDirectory=\"{}\")\n", work.display());
-        match tls {
-            Some(t) => {
-                conf.push_str(&format!(
-                    "global(DefaultNetstreamDriver=\"gtls\" DefaultNetstreamDriverCAFile=\"{}\" \
-                     DefaultNetstreamDriverCertFile=\"{}\" DefaultNetstreamDriverKeyFile=\"{}\")\n",
-                    t.ca.display(),
-                    t.cert.display(),
-                    t.key.display()
-                ));
-                conf.push_str(
-                    "module(load=\"imtcp\" StreamDriver.Name=\"gtls\" StreamDriver.Mode=\"1\" \
-                     StreamDriver.AuthMode=\"anon\")\n",
-                );
-            }
-            None => conf.push_str("module(load=\"imtcp\")\n"),
-        }
-        conf.push_str(&format!("input(type=\"imtcp\" port=\"{port}\")\n"));
-        conf.push_str("template(name=\"raw\" type=\"string\" string=\"%rawmsg%\\n\")\n");
-        conf.push_str(&format!(
-            "action(type=\"omfile\" file=\"{}\" template=\"raw\" flushOnTXEnd=\"on\")\n",
-            out.display()
-        ));
+        fs::create_dir_all(rsyslog::work_dir(dir)).unwrap();
+        let tls = tls.map(|t| rsyslog::Tls {
+            ca: &t.ca,
+            cert: &t.cert,
+            key: &t.key,
+        });
+        let conf = rsyslog::config(dir, port, tls);
         let path = dir.join("rsyslog.conf");
         fs::write(&path, conf).unwrap();
         Rsyslog {
@@ -172,7 +156,7 @@ impl Rsyslog {
 
     /// Event ids in the order rsyslog wrote them.
     fn received_ids(&self) -> Vec<String> {
-        let text = fs::read_to_string(self.dir.join("received.log")).unwrap_or_default();
+        let text = fs::read_to_string(rsyslog::received_log(&self.dir)).unwrap_or_default();
         text.lines()
             .filter_map(|l| {
                 let start = l.find(" id=\"")? + 5;
@@ -299,7 +283,7 @@ async fn scenario(tls: bool) {
     wait_for(&rsyslog, &ids).await;
     let got = rsyslog.received_ids();
     assert_in_order(&ids, &got);
-    let text = fs::read_to_string(dir.path().join("received.log")).unwrap();
+    let text = fs::read_to_string(rsyslog::received_log(dir.path())).unwrap();
     let first = text.lines().next().unwrap_or_default();
     assert!(
         first.starts_with("<134>1 ") && first.contains(" px-test.example portcullis "),

@@ -17,6 +17,9 @@ use base64::Engine;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufStream};
 
+#[path = "../../audit/tests/support/rsyslog.rs"]
+mod rsyslog;
+
 /// Where Debian puts rsyslogd.
 pub const RSYSLOGD: &str = "/usr/sbin/rsyslogd";
 /// Where Debian puts nats-server.
@@ -70,17 +73,8 @@ impl Rsyslog {
         if !Path::new(RSYSLOGD).exists() {
             bail!("{RSYSLOGD} is not installed: apt-get install -y rsyslog rsyslog-gnutls");
         }
-        let work = dir.join("work");
-        fs::create_dir_all(&work)?;
-        let conf = format!(
-            "global(workDirectory=\"{work}\")\n\
-             module(load=\"imtcp\")\n\
-             input(type=\"imtcp\" port=\"{port}\")\n\
-             template(name=\"raw\" type=\"string\" string=\"%rawmsg%\\n\")\n\
-             action(type=\"omfile\" file=\"{out}\" template=\"raw\" flushOnTXEnd=\"on\")\n",
-            work = work.display(),
-            out = dir.join("received.log").display(),
-        );
+        fs::create_dir_all(rsyslog::work_dir(dir))?;
+        let conf = rsyslog::config(dir, port, None);
         let path = dir.join("rsyslog.conf");
         fs::write(&path, conf)?;
         Ok(Rsyslog {
@@ -133,7 +127,7 @@ impl Rsyslog {
     /// The messages received so far, one per line, in the order they were written.
     /// A last line without its newline (a write in progress) is left out.
     pub fn received(&self) -> Vec<String> {
-        let text = fs::read_to_string(self.dir.join("received.log")).unwrap_or_default();
+        let text = fs::read_to_string(rsyslog::received_log(&self.dir)).unwrap_or_default();
         let complete = text.rfind('\n').map_or("", |end| &text[..end]);
         complete
             .lines()
