@@ -20,7 +20,6 @@
 //!
 //! Synchronous; the pipeline calls it from `spawn_blocking`.
 
-use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -29,6 +28,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::spool::{SpoolFull, create_private_dir};
 use crate::AuditError;
+use crate::sink::file::open_append;
 
 /// Name of the file holding the refused records, in the spool directory.
 pub(crate) const RECORDS_FILE: &str = "dead-letter.records";
@@ -117,17 +117,6 @@ impl DeadLetter {
 
 fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
-}
-
-fn open_append(path: &Path) -> Result<File, AuditError> {
-    let mut o = OpenOptions::new();
-    o.create(true).append(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
-    }
-    o.open(path).map_err(|e| AuditError::io("open", path, e))
 }
 
 #[cfg(test)]

@@ -270,7 +270,8 @@ fn remove(path: &Path) -> Result<(), AuditError> {
     }
 }
 
-fn open_append(path: &Path) -> Result<File, AuditError> {
+/// Opens `path` for appending, creating it owner-only (0600) if it is missing.
+pub(crate) fn open_append(path: &Path) -> Result<File, AuditError> {
     let mut o = OpenOptions::new();
     o.create(true).append(true);
     #[cfg(unix)]
