@@ -80,12 +80,19 @@ impl Writer {
         self.st.members.clear();
         self.st.depth = 0;
         self.st.hash_slot = None;
+        self.st.reordered = 0;
         v.serialize(Canonical { st: &mut self.st })
     }
 
     /// What the last successful [`Writer::write`] wrote.
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.st.out
+    }
+
+    /// How many objects of the last written value had their members out of key order.
+    #[cfg(test)]
+    pub(crate) fn reordered(&self) -> usize {
+        self.st.reordered
     }
 
     /// The last written value with `hash` put into its outermost `"hash":""` member:
@@ -164,6 +171,8 @@ struct State {
     hash_slot: Option<usize>,
     /// Buffer for `collect_str`.
     text: String,
+    /// Objects whose members came out of key order and had to be rewritten.
+    reordered: usize,
 }
 
 /// An object member: its key and the range of `out` its value occupies.
@@ -187,12 +196,16 @@ struct Array<'a> {
     close: bool,
 }
 
-/// A JSON object being written: members go to `out` as they come and are put in key
-/// order by [`Object::finish`].
+/// A JSON object being written: members go to `out` as they come, keys included. When
+/// they come in key order (the event types declare their fields in that order, and
+/// `BTreeMap`s iterate in it) that is already the canonical form; otherwise
+/// [`Object::finish`] rewrites the object with its members sorted.
 struct Object<'a> {
     st: &'a mut State,
-    /// Where this object's first member starts in `out`.
+    /// Where this object's `{` is in `out`.
     start: usize,
+    /// Every key so far came after the one before it.
+    sorted: bool,
     /// Where this object's members start in `State::members`.
     base: usize,
     /// The key of a map entry whose value comes next.
@@ -205,10 +218,12 @@ impl<'a> Canonical<'a> {
     fn object(self, close: bool) -> Object<'a> {
         self.st.depth += 1;
         let start = self.st.out.len();
+        self.st.out.push(b'{');
         let base = self.st.members.len();
         Object {
             st: self.st,
             start,
+            sorted: true,
             base,
             key: None,
             close,
@@ -239,10 +254,19 @@ impl Object<'_> {
         key: Cow<'static, str>,
         v: &T,
     ) -> Result<(), Unsupported> {
-        let from = self.st.out.len();
-        v.serialize(Canonical { st: &mut *self.st })?;
-        let to = self.st.out.len();
-        self.st.members.push(Member { key, from, to });
+        let st = &mut *self.st;
+        if let Some(prev) = st.members[self.base..].last() {
+            if self.sorted && prev.key.as_bytes() >= key.as_bytes() {
+                self.sorted = false;
+            }
+            st.out.push(b',');
+        }
+        string(&mut st.out, &key)?;
+        st.out.push(b':');
+        let from = st.out.len();
+        v.serialize(Canonical { st: &mut *st })?;
+        let to = st.out.len();
+        st.members.push(Member { key, from, to });
         Ok(())
     }
 
@@ -253,33 +277,47 @@ impl Object<'_> {
             members,
             depth,
             hash_slot,
+            reordered,
             ..
         } = &mut *self.st;
         let outermost = *depth == 1;
         *depth -= 1;
-        scratch.clear();
-        scratch.extend_from_slice(&out[self.start..]);
-        out.truncate(self.start);
         let mine = &mut members[self.base..];
-        mine.sort_unstable_by(|a, b| a.key.as_bytes().cmp(b.key.as_bytes()));
-        if mine.windows(2).any(|w| w[0].key == w[1].key) {
-            // A `Value` would keep only the last; not worth reproducing.
-            return unsupported("duplicate key");
-        }
-        out.push(b'{');
-        for (i, m) in mine.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
+        if self.sorted {
+            // Written in key order: nothing to move.
+            out.push(b'}');
+            if outermost {
+                *hash_slot = mine
+                    .iter()
+                    .find(|m| m.key == "hash" && out[m.from..m.to] == *b"\"\"")
+                    .map(|m| m.from + 1);
             }
-            string(out, &m.key)?;
-            out.push(b':');
-            let value = &scratch[m.from - self.start..m.to - self.start];
-            if outermost && m.key == "hash" && value == b"\"\"" {
-                *hash_slot = Some(out.len() + 1);
+        } else {
+            // Same members, same length, rewritten in key order from a copy.
+            *reordered += 1;
+            scratch.clear();
+            scratch.extend_from_slice(&out[self.start..]);
+            out.truncate(self.start);
+            mine.sort_unstable_by(|a, b| a.key.as_bytes().cmp(b.key.as_bytes()));
+            if mine.windows(2).any(|w| w[0].key == w[1].key) {
+                // A `Value` would keep only the last; not worth reproducing.
+                return unsupported("duplicate key");
             }
-            out.extend_from_slice(value);
+            out.push(b'{');
+            for (i, m) in mine.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                string(out, &m.key)?;
+                out.push(b':');
+                let value = &scratch[m.from - self.start..m.to - self.start];
+                if outermost && m.key == "hash" && value == b"\"\"" {
+                    *hash_slot = Some(out.len() + 1);
+                }
+                out.extend_from_slice(value);
+            }
+            out.push(b'}');
         }
-        out.push(b'}');
         if self.close {
             out.push(b'}');
         }
@@ -762,6 +800,41 @@ mod tests {
         for e in &events {
             same(e);
         }
+    }
+
+    /// The event types declare their fields in key order, so that events are written
+    /// straight through; a field added out of order would still be written right, by
+    /// the slower path, and this test would say so.
+    #[test]
+    fn events_are_written_without_reordering() {
+        let mut full = fixtures::statement()
+            .with_attribute("department", "support")
+            .with_detail("d")
+            .with_totals(crate::event::SessionTotals::default());
+        full.client = Some(crate::event::ClientInfo {
+            cert_subject: Some("CN=x".into()),
+            ..full.client.clone().unwrap_or_default()
+        });
+        if let Some(decision) = &mut full.decision {
+            decision.dry_run = true;
+        }
+        full.statement = full
+            .statement
+            .map(|s| std::sync::Arc::new((*s).clone().with_full_text("SELECT 1")));
+        let mut w = Writer::default();
+        for e in [&full, &fixtures::login()] {
+            w.write(e).unwrap();
+            assert_eq!(w.reordered(), 0, "{}", String::from_utf8_lossy(w.bytes()));
+            same(e);
+        }
+        // Whereas a struct out of order is rewritten, to the same bytes.
+        #[derive(Serialize)]
+        struct Late {
+            b: u8,
+            a: [u8; 0],
+        }
+        w.write(&Late { b: 1, a: [] }).unwrap();
+        assert_eq!((w.bytes(), w.reordered()), (&br#"{"a":[],"b":1}"#[..], 1));
     }
 
     #[test]

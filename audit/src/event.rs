@@ -269,6 +269,12 @@ impl Severity {
 /// Where the client came from and how it is secured.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientInfo {
+    /// Subject of the client certificate (mTLS), as an RFC 4514 string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_subject: Option<String>,
+    /// Negotiated cipher suite.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cipher: Option<String>,
     /// The client's IP address as the proxy sees it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<IpAddr>,
@@ -278,35 +284,29 @@ pub struct ClientInfo {
     /// Negotiated TLS version (`TLSv1.3`), absent for plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_version: Option<String>,
-    /// Negotiated cipher suite.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cipher: Option<String>,
-    /// Subject of the client certificate (mTLS), as an RFC 4514 string.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cert_subject: Option<String>,
 }
 
 /// A column a statement touched, with its data classification.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TouchedColumn {
-    /// Column name.
-    pub name: String,
     /// Classification classes of the column (`pii`, `secret`, ...), from policy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub classes: Vec<String>,
+    /// Column name.
+    pub name: String,
 }
 
 /// A table (or view) a statement touched.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TouchedTable {
-    /// Schema-qualified name as the policy resolved it (`public.accounts`).
-    pub name: String,
     /// Classification classes of the table itself.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub classes: Vec<String>,
     /// Columns read or written.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub columns: Vec<TouchedColumn>,
+    /// Schema-qualified name as the policy resolved it (`public.accounts`).
+    pub name: String,
 }
 
 /// A statement, described without any of its values.
@@ -315,19 +315,19 @@ pub struct StatementInfo {
     /// Statement classes (`read`, `write`, `ddl`, ...), as the policy named them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub class: Vec<String>,
-    /// The **normalized** text: literals replaced by `?`, comments removed, whitespace
-    /// collapsed. Never the client's text: literals are where protected values live.
-    pub text: String,
     /// Hex of the first 16 bytes of SHA-256 over the normalized token stream; equal for
     /// statements that differ only in literals, comments, spacing or keyword case.
     pub fingerprint: String,
-    /// Tables and columns touched.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tables: Vec<TouchedTable>,
     /// The client's own text, literals and all: only when the operator turned on
     /// `full_statement_text` (it may carry protected values). Cut like `text`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub full_text: Option<String>,
+    /// Tables and columns touched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<TouchedTable>,
+    /// The **normalized** text: literals replaced by `?`, comments removed, whitespace
+    /// collapsed. Never the client's text: literals are where protected values live.
+    pub text: String,
 }
 
 impl StatementInfo {
@@ -427,18 +427,18 @@ impl Outcome {
 /// The policy decision behind a statement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DecisionInfo {
-    /// What happened to the statement.
-    pub outcome: Outcome,
-    /// The rule that decided (for a denial, the rule that refused).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rule: Option<String>,
-    /// Policy version in force (git commit or content hash).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy_version: Option<String>,
     /// The policy set runs in dry-run mode: the outcome was decided and recorded but
     /// not enforced.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+    /// What happened to the statement.
+    pub outcome: Outcome,
+    /// Policy version in force (git commit or content hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<String>,
+    /// The rule that decided (for a denial, the rule that refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
 }
 
 impl DecisionInfo {
@@ -468,14 +468,14 @@ impl DecisionInfo {
 /// Totals over a whole session, for `session_end`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionTotals {
-    /// Statements received.
-    pub statements: u64,
     /// Statements denied.
     pub denied: u64,
-    /// Rows returned or affected, summed.
-    pub rows: u64,
     /// Session length in microseconds.
     pub duration_us: u64,
+    /// Rows returned or affected, summed.
+    pub rows: u64,
+    /// Statements received.
+    pub statements: u64,
 }
 
 /// One audit event.
@@ -483,70 +483,74 @@ pub struct SessionTotals {
 /// Optional fields are left out of the JSON when absent. The chain fields
 /// (`instance`, `seq`, `prev_hash`, `hash`) are filled by
 /// [`Chainer::seal`](crate::Chainer::seal), not by the caller.
+///
+/// The fields are declared in the bytewise order of their JSON keys, as are those of
+/// the types inside it, so that the canonical form (see [`crate::chain`]) is written
+/// straight through instead of being sorted; a test in `canonical` keeps it so.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEvent {
-    /// When it happened (UTC, microseconds).
-    pub time: Timestamp,
+    /// `application_name` from the startup message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application_name: Option<String>,
+    /// Identity attributes (tenant, department, ...). Sorted, so the serialization is
+    /// deterministic.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, String>,
+    /// Client address and TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<ClientInfo>,
+    /// Database name from the startup message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// The policy decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<DecisionInfo>,
+    /// Free text for reload, config, key and loss events (what changed, why it was
+    /// refused). Never a secret or a data value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Duration in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_us: Option<u64>,
+    /// `algorithm:hex` over this event's canonical form (see [`crate::chain`]).
+    #[serde(default)]
+    pub hash: String,
     /// Unique id (UUIDv7 layout).
     pub id: EventId,
     /// Name of the proxy instance that recorded it; the chain is per instance.
     #[serde(default)]
     pub instance: String,
-    /// Position in the instance's chain, from 1, without gaps.
-    #[serde(default)]
-    pub seq: u64,
+    /// What happened.
+    pub kind: EventKind,
     /// `hash` of the instance's previous event; empty for the first.
     #[serde(default)]
     pub prev_hash: String,
-    /// `algorithm:hex` over this event's canonical form (see [`crate::chain`]).
-    #[serde(default)]
-    pub hash: String,
-    /// What happened.
-    pub kind: EventKind,
-    /// The session it belongs to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session_id: Option<String>,
-    /// Client address and TLS.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client: Option<ClientInfo>,
-    /// Authenticated (or, for `login_failure`, claimed) user name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
     /// Roles in force.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<String>,
-    /// Identity attributes (tenant, department, ...). Sorted, so the serialization is
-    /// deterministic.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub attributes: BTreeMap<String, String>,
-    /// Database name from the startup message.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub database: Option<String>,
-    /// `application_name` from the startup message.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub application_name: Option<String>,
-    /// The statement, normalized.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub statement: Option<Arc<StatementInfo>>,
-    /// The policy decision.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub decision: Option<DecisionInfo>,
     /// Rows returned or affected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows: Option<u64>,
-    /// Duration in microseconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub duration_us: Option<u64>,
-    /// SQLSTATE of the error the client got, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sqlstate: Option<String>,
+    /// Position in the instance's chain, from 1, without gaps.
+    #[serde(default)]
+    pub seq: u64,
     /// Session totals, for `session_end`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<SessionTotals>,
-    /// Free text for reload, config, key and loss events (what changed, why it was
-    /// refused). Never a secret or a data value.
+    /// The session it belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
+    pub session_id: Option<String>,
+    /// SQLSTATE of the error the client got, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sqlstate: Option<String>,
+    /// The statement, normalized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement: Option<Arc<StatementInfo>>,
+    /// When it happened (UTC, microseconds).
+    pub time: Timestamp,
+    /// Authenticated (or, for `login_failure`, claimed) user name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 impl AuditEvent {
