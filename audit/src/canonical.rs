@@ -151,6 +151,14 @@ fn string(out: &mut Vec<u8>, s: &str) -> Result<(), Unsupported> {
     serde_json::to_writer(&mut *out, s).map_err(|e| Unsupported(e.to_string()))
 }
 
+/// `a` sorts strictly before `b`, bytewise; most keys differ in their first byte.
+fn key_before(a: &str, b: &str) -> bool {
+    match (a.as_bytes().first(), b.as_bytes().first()) {
+        (Some(x), Some(y)) if x != y => x < y,
+        _ => a.as_bytes() < b.as_bytes(),
+    }
+}
+
 fn integer(out: &mut Vec<u8>, v: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
@@ -256,7 +264,7 @@ impl Object<'_> {
     ) -> Result<(), Unsupported> {
         let st = &mut *self.st;
         if let Some(prev) = st.members[self.base..].last() {
-            if self.sorted && prev.key.as_bytes() >= key.as_bytes() {
+            if self.sorted && !key_before(&prev.key, &key) {
                 self.sorted = false;
             }
             st.out.push(b',');
@@ -788,7 +796,7 @@ mod tests {
             .with_attribute("alpha", "2")
             .with_attribute("ä", "3")
             .with_attribute("", "4");
-        hostile.decision = Some(DecisionInfo::new(Outcome::Denied).with_rule(nasty));
+        hostile.decision = Some(DecisionInfo::new(Outcome::Denied).with_rule(nasty).into());
         hostile.hash.clear();
         let events: Vec<AuditEvent> = vec![
             fixtures::statement(),
@@ -811,12 +819,12 @@ mod tests {
             .with_attribute("department", "support")
             .with_detail("d")
             .with_totals(crate::event::SessionTotals::default());
-        full.client = Some(crate::event::ClientInfo {
+        full.client = Some(std::sync::Arc::new(crate::event::ClientInfo {
             cert_subject: Some("CN=x".into()),
-            ..full.client.clone().unwrap_or_default()
-        });
+            ..full.client.as_deref().cloned().unwrap_or_default()
+        }));
         if let Some(decision) = &mut full.decision {
-            decision.dry_run = true;
+            std::sync::Arc::make_mut(decision).dry_run = true;
         }
         full.statement = full
             .statement

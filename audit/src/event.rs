@@ -478,6 +478,14 @@ pub struct SessionTotals {
     pub statements: u64,
 }
 
+fn is_empty_map(m: &BTreeMap<String, String>) -> bool {
+    m.is_empty()
+}
+
+fn is_empty_slice(s: &[String]) -> bool {
+    s.is_empty()
+}
+
 /// One audit event.
 ///
 /// Optional fields are left out of the JSON when absent. The chain fields
@@ -494,17 +502,17 @@ pub struct AuditEvent {
     pub application_name: Option<String>,
     /// Identity attributes (tenant, department, ...). Sorted, so the serialization is
     /// deterministic.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub attributes: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "is_empty_map")]
+    pub attributes: Arc<BTreeMap<String, String>>,
     /// Client address and TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client: Option<ClientInfo>,
+    pub client: Option<Arc<ClientInfo>>,
     /// Database name from the startup message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
     /// The policy decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub decision: Option<DecisionInfo>,
+    pub decision: Option<Arc<DecisionInfo>>,
     /// Free text for reload, config, key and loss events (what changed, why it was
     /// refused). Never a secret or a data value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -526,8 +534,8 @@ pub struct AuditEvent {
     #[serde(default)]
     pub prev_hash: String,
     /// Roles in force.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub roles: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_empty_slice")]
+    pub roles: Arc<[String]>,
     /// Rows returned or affected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows: Option<u64>,
@@ -572,8 +580,8 @@ impl AuditEvent {
             session_id: None,
             client: None,
             user: None,
-            roles: Vec::new(),
-            attributes: BTreeMap::new(),
+            roles: Arc::default(),
+            attributes: Arc::default(),
             database: None,
             application_name: None,
             statement: None,
@@ -610,9 +618,9 @@ impl AuditEvent {
         self
     }
 
-    /// Sets the client.
-    pub fn with_client(mut self, client: ClientInfo) -> Self {
-        self.client = Some(client);
+    /// Sets the client (shared: a session's events all have the same).
+    pub fn with_client(mut self, client: impl Into<Arc<ClientInfo>>) -> Self {
+        self.client = Some(client.into());
         self
     }
 
@@ -634,7 +642,7 @@ impl AuditEvent {
 
     /// Adds an identity attribute.
     pub fn with_attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.attributes.insert(key.into(), value.into());
+        Arc::make_mut(&mut self.attributes).insert(key.into(), value.into());
         self
     }
 
@@ -657,9 +665,10 @@ impl AuditEvent {
         self
     }
 
-    /// Sets the decision.
-    pub fn with_decision(mut self, decision: DecisionInfo) -> Self {
-        self.decision = Some(decision);
+    /// Sets the decision (shared: the executions of one prepared statement all have the
+    /// same).
+    pub fn with_decision(mut self, decision: impl Into<Arc<DecisionInfo>>) -> Self {
+        self.decision = Some(decision.into());
         self
     }
 

@@ -94,7 +94,7 @@ mod tests {
             .with_session(nasty)
             .with_attribute(nasty, nasty);
         e.instance = nasty.into();
-        e.decision = Some(DecisionInfo::new(Outcome::Denied).with_rule(nasty));
+        e.decision = Some(DecisionInfo::new(Outcome::Denied).with_rule(nasty).into());
         let formats = [
             Format::Json,
             Format::Ocsf,

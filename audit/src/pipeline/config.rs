@@ -660,7 +660,7 @@ mod tests {
         use crate::format::fixtures;
         let denied = fixtures::statement();
         let mut allowed = fixtures::statement();
-        allowed.decision = Some(crate::event::DecisionInfo::new(Outcome::Allowed));
+        allowed.decision = Some(crate::event::DecisionInfo::new(Outcome::Allowed).into());
         let mut plain = allowed.clone();
         plain.statement = Some(crate::event::StatementInfo::from_sql("select 1").into());
         let loss = AuditEvent::new(EventKind::AuditLoss);

@@ -16,6 +16,8 @@ use crate::event::{AuditEvent, EventKind};
 
 /// How often pending losses and dead-letters are reported when no event arrives.
 const LOSS_TICK: Duration = Duration::from_secs(1);
+/// Events taken from the queue at a time.
+const BURST: usize = 256;
 
 /// One sink as the dispatcher sees it.
 pub(crate) struct Route {
@@ -46,17 +48,21 @@ impl Dispatcher {
     pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(LOSS_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Whatever is queued is taken at once: one wake-up per burst, not per event.
+        let mut burst = Vec::with_capacity(BURST);
         loop {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                ev = self.rx.recv() => match ev {
-                    Some(ev) => {
-                        self.report_loss().await;
+                n = self.rx.recv_many(&mut burst, BURST) => {
+                    if n == 0 {
+                        break;
+                    }
+                    self.report_loss().await;
+                    for ev in burst.drain(..) {
                         self.handle(ev).await;
                     }
-                    None => break,
-                },
+                }
                 _ = tick.tick() => self.report_loss().await,
             }
         }

@@ -21,6 +21,9 @@ pub(crate) struct FileRecordSink {
     inner: Arc<Mutex<FileSink>>,
     /// The file is native JSON, so records are written as they come.
     native: bool,
+    /// The last native batch's buffer, kept so that its memory is reused (a fresh
+    /// buffer per batch would fault in fresh pages every time).
+    spare: Vec<u8>,
 }
 
 /// What one batch asks of the file.
@@ -44,6 +47,7 @@ impl FileRecordSink {
         Ok(FileRecordSink {
             inner: Arc::new(Mutex::new(FileSink::open(config)?)),
             native,
+            spare: Vec::new(),
         })
     }
 }
@@ -56,7 +60,12 @@ impl Sink for FileRecordSink {
     fn send<'a>(&'a mut self, records: &'a [Vec<u8>]) -> SendFuture<'a> {
         Box::pin(async move {
             let batch = if self.native {
-                Batch::Encoded(records.concat())
+                let mut joined = std::mem::take(&mut self.spare);
+                joined.clear();
+                for r in records {
+                    joined.extend_from_slice(r);
+                }
+                Batch::Encoded(joined)
             } else {
                 let mut events = Vec::with_capacity(records.len());
                 for r in records {
@@ -68,18 +77,25 @@ impl Sink for FileRecordSink {
                 Batch::Events(events)
             };
             let inner = Arc::clone(&self.inner);
-            tokio::task::spawn_blocking(move || {
-                let mut file = inner
-                    .lock()
-                    .map_err(|_| SinkError::Permanent("file sink lock poisoned".into()))?;
-                match &batch {
-                    Batch::Encoded(bytes) => file.write_encoded(bytes),
-                    Batch::Events(events) => file.write_batch(events),
-                }
-                .map_err(|e| SinkError::Retryable(e.to_string()))
+            let (written, spare) = tokio::task::spawn_blocking(move || {
+                let written = match inner.lock() {
+                    Ok(mut file) => match &batch {
+                        Batch::Encoded(bytes) => file.write_encoded(bytes),
+                        Batch::Events(events) => file.write_batch(events),
+                    }
+                    .map_err(|e| SinkError::Retryable(e.to_string())),
+                    Err(_) => Err(SinkError::Permanent("file sink lock poisoned".into())),
+                };
+                let spare = match batch {
+                    Batch::Encoded(bytes) => bytes,
+                    Batch::Events(_) => Vec::new(),
+                };
+                (written, spare)
             })
             .await
-            .map_err(|e| SinkError::Retryable(format!("file sink task: {e}")))?
+            .map_err(|e| SinkError::Retryable(format!("file sink task: {e}")))?;
+            self.spare = spare;
+            written
         })
     }
 }

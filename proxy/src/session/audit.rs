@@ -29,7 +29,7 @@ const MAX_STATEMENTS: usize = 10_000;
 pub struct StatementAudit {
     /// Shared by every event of the statement (each execution of a prepared one).
     info: Arc<StatementInfo>,
-    decision: DecisionInfo,
+    decision: Arc<DecisionInfo>,
 }
 
 /// Per-session audit state.
@@ -168,7 +168,7 @@ impl SessionAudit {
         }
         Arc::new(StatementAudit {
             info: Arc::new(info),
-            decision,
+            decision: Arc::new(decision),
         })
     }
 
@@ -181,7 +181,7 @@ impl SessionAudit {
         }
         self.event(EventKind::Statement)
             .with_statement(Arc::clone(&stmt.info))
-            .with_decision(stmt.decision.clone())
+            .with_decision(Arc::clone(&stmt.decision))
     }
 
     /// A new event of `kind` about this session, stamped now.
@@ -222,7 +222,7 @@ impl SessionAudit {
                 // A portal of a statement the proxy no longer remembers: still audited.
                 let stmt = StatementAudit {
                     info: Arc::new(StatementInfo::from_sql("")),
-                    decision: DecisionInfo::new(Outcome::Allowed),
+                    decision: Arc::new(DecisionInfo::new(Outcome::Allowed)),
                 };
                 self.statement_event(&stmt)
             }
