@@ -106,7 +106,7 @@ fn analyst_reads_through_masks() {
         "{sql}"
     );
     assert!(
-        sql.contains("right(\"ssn\", 4) END AS TEXT) AS \"ssn\""),
+        sql.contains("CAST(lpad(right(\"ssn\", 4), length(\"ssn\"), '*') AS TEXT) AS \"ssn\""),
         "{sql}"
     );
     assert!(
