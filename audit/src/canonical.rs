@@ -294,14 +294,9 @@ impl Object<'_> {
         if self.sorted {
             // Written in key order: nothing to move.
             out.push(b'}');
-            if outermost {
-                *hash_slot = mine
-                    .iter()
-                    .find(|m| m.key == "hash" && out[m.from..m.to] == *b"\"\"")
-                    .map(|m| m.from + 1);
-            }
         } else {
-            // Same members, same length, rewritten in key order from a copy.
+            // Same members, same length, rewritten in key order from a copy; each
+            // member's range is moved to where its value now is.
             *reordered += 1;
             scratch.clear();
             scratch.extend_from_slice(&out[self.start..]);
@@ -312,19 +307,23 @@ impl Object<'_> {
                 return unsupported("duplicate key");
             }
             out.push(b'{');
-            for (i, m) in mine.iter().enumerate() {
+            for (i, m) in mine.iter_mut().enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
                 string(out, &m.key)?;
                 out.push(b':');
-                let value = &scratch[m.from - self.start..m.to - self.start];
-                if outermost && m.key == "hash" && value == b"\"\"" {
-                    *hash_slot = Some(out.len() + 1);
-                }
-                out.extend_from_slice(value);
+                let from = out.len();
+                out.extend_from_slice(&scratch[m.from - self.start..m.to - self.start]);
+                (m.from, m.to) = (from, out.len());
             }
             out.push(b'}');
+        }
+        if outermost {
+            *hash_slot = mine
+                .iter()
+                .find(|m| m.key == "hash" && out[m.from..m.to] == *b"\"\"")
+                .map(|m| m.from + 1);
         }
         if self.close {
             out.push(b'}');

@@ -956,25 +956,19 @@ mod tests {
         let engine = Engine::default();
         for (tenant, other) in [("1", "2"), ("2", "1"), ("1", "2")] {
             let identity = support(tenant);
-            let insert = forwarded(engine.decide(
-                &policy,
-                &catalog,
-                &identity,
+            let rewrite = |sql: &str| {
+                forwarded(engine.decide(&policy, &catalog, &identity, sql))
+                    .unwrap_or_else(|e| panic!("{e:?}"))
+            };
+            let insert = rewrite(
                 "INSERT INTO orders (tenant_id, customer_id, total, status) VALUES ($1, $2, $3, $4)",
-            ))
-            .unwrap_or_else(|e| panic!("{e:?}"));
+            );
             assert!(
                 insert.contains(&format!("row_check(((tenant_id = '{tenant}'))")),
                 "{insert}"
             );
             assert!(!insert.contains(&format!("'{other}'")), "{insert}");
-            let update = forwarded(engine.decide(
-                &policy,
-                &catalog,
-                &identity,
-                "UPDATE orders SET tenant_id = $1 WHERE id = $2",
-            ))
-            .unwrap_or_else(|e| panic!("{e:?}"));
+            let update = rewrite("UPDATE orders SET tenant_id = $1 WHERE id = $2");
             assert!(
                 update.contains(&format!("(CAST(($1) AS INTEGER)) = '{tenant}'")),
                 "{update}"
