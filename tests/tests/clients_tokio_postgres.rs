@@ -408,20 +408,20 @@ async fn cancel_request_reaches_the_running_statement() -> Result<()> {
         let result = client.query("SELECT pg_sleep(30)", &[]).await.map(|_| ());
         (client, result)
     });
-    // Cancel only once the statement runs upstream, or the cancel could arrive first.
+    // Cancel only once the statement sleeps upstream, or the cancel could arrive first.
+    // Not `state = 'active'`: the backend is active, then idle, while tokio-postgres
+    // prepares the statement before it binds and executes it.
     let running = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' \
-                   AND state = 'active' AND pid <> pg_backend_pid()";
+                   AND wait_event = 'PgSleep' AND pid <> pg_backend_pid()";
+    let mut sleeping = 0;
     for _ in 0..200 {
-        if straight.query_one(running, &[]).await?.get::<_, i64>(0) == 1 {
+        sleeping = straight.query_one(running, &[]).await?.get::<_, i64>(0);
+        if sleeping == 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    assert_eq!(
-        straight.query_one(running, &[]).await?.get::<_, i64>(0),
-        1,
-        "pg_sleep never started"
-    );
+    assert_eq!(sleeping, 1, "pg_sleep never started");
 
     // The CancelRequest goes over its own TLS connection to the proxy.
     token.cancel_query(tls(&env)?).await?;
