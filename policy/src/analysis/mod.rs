@@ -4,6 +4,7 @@
 mod classify;
 mod functions;
 mod nesting;
+mod reading;
 mod settings;
 
 use std::fmt;
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use sqlparser::ast::Statement;
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::{Parser, ParserError, ParserOptions};
-use sqlparser::tokenizer::Tokenizer;
+use sqlparser::tokenizer::{TokenWithSpan, Tokenizer};
 
 use crate::class::{ClassSet, StatementClass};
 use crate::decision::sqlstate;
@@ -183,21 +184,29 @@ pub(crate) enum ParseFailure {
 /// Parses `sql` as PostgreSQL, refusing texts whose operator chains could nest deeper
 /// than the stack allows before building their trees, and with the recursion limit.
 pub(crate) fn parse(sql: &str) -> Result<Vec<Statement>, ParseFailure> {
-    let dialect = PostgreSqlDialect {};
-    let options = ParserOptions::default();
-    let tokens = Tokenizer::new(&dialect, sql)
-        .with_unescape(options.unescape)
-        .tokenize_with_location()
-        .map_err(|error| ParseFailure::Syntax(error.into()))?;
+    parse_keeping_tokens(sql).map(|(statements, _)| statements)
+}
+
+/// [`parse`], also returning the tokens the statements were parsed from.
+fn parse_keeping_tokens(sql: &str) -> Result<(Vec<Statement>, Vec<TokenWithSpan>), ParseFailure> {
+    let tokens = tokenize(sql).map_err(ParseFailure::Syntax)?;
     if nesting::too_deep(&tokens) {
         return Err(ParseFailure::TooDeep);
     }
-    Parser::new(&dialect)
-        .with_options(options)
+    let mut parser = Parser::new(&PostgreSqlDialect {})
+        .with_options(ParserOptions::default())
         .with_recursion_limit(RECURSION_LIMIT)
-        .with_tokens_with_locations(tokens)
-        .parse_statements()
-        .map_err(ParseFailure::Syntax)
+        .with_tokens_with_locations(tokens);
+    let statements = parser.parse_statements().map_err(ParseFailure::Syntax)?;
+    Ok((statements, parser.into_tokens()))
+}
+
+/// The tokens of `sql`, as [`parse`] reads them.
+fn tokenize(sql: &str) -> Result<Vec<TokenWithSpan>, ParserError> {
+    Tokenizer::new(&PostgreSqlDialect {}, sql)
+        .with_unescape(ParserOptions::default().unescape)
+        .tokenize_with_location()
+        .map_err(ParserError::from)
 }
 
 /// Analyses one statement text. Never panics, whatever the input.
@@ -208,8 +217,8 @@ pub(crate) fn analyze(sql: &str) -> Analysis {
 }
 
 fn outcome(sql: &str) -> Outcome {
-    let statements = match parse(sql) {
-        Ok(statements) => statements,
+    let (statements, tokens) = match parse_keeping_tokens(sql) {
+        Ok(parsed) => parsed,
         Err(ParseFailure::Syntax(error)) => {
             return Outcome::Refused(Refusal::Unparsable(client_safe(&error)));
         }
@@ -241,17 +250,19 @@ fn outcome(sql: &str) -> Outcome {
         });
     }
 
-    let text = serialize(&analyzed);
+    let text = serialize_trees(analyzed.iter().map(|statement| &statement.ast));
     // The forwarded text must mean what was checked. If sqlparser's own reading of its
     // output differs from the tree that was checked, its printer lost or changed
-    // something: refuse rather than forward a statement nobody analysed.
-    let faithful = parse(&text).is_ok_and(|reparsed| {
-        reparsed.len() == analyzed.len()
-            && reparsed
-                .iter()
-                .zip(&analyzed)
-                .all(|(again, checked)| *again == checked.ast)
-    });
+    // something: refuse rather than forward a statement nobody analysed. Where the
+    // output reads as the client's own tokens, that alone proves it (see `reading`).
+    let faithful = reading::same(&tokens, &text)
+        || parse(&text).is_ok_and(|reparsed| {
+            reparsed.len() == analyzed.len()
+                && reparsed
+                    .iter()
+                    .zip(&analyzed)
+                    .all(|(again, checked)| *again == checked.ast)
+        });
     if !faithful {
         return Outcome::Refused(Refusal::Unsupported(
             "this statement: its re-serialized form does not parse back to the same statement",
@@ -265,14 +276,14 @@ fn outcome(sql: &str) -> Outcome {
     }
 }
 
-/// The statements as the proxy forwards them.
-fn serialize(statements: &[AnalyzedStatement]) -> String {
+/// The statements as the proxy forwards them: printed, joined by `"; "`.
+fn serialize_trees<'a>(statements: impl IntoIterator<Item = &'a Statement>) -> String {
     let mut text = String::new();
-    for (index, statement) in statements.iter().enumerate() {
+    for (index, statement) in statements.into_iter().enumerate() {
         if index > 0 {
             text.push_str("; ");
         }
-        text.push_str(&statement.ast.to_string());
+        text.push_str(&statement.to_string());
     }
     text
 }
