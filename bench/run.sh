@@ -445,6 +445,9 @@ pg_ticks() {
 }
 # Busy ticks of the whole machine (all CPUs): user nice system irq softirq steal from /proc/stat.
 machine_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat; }
+# Context switches of the whole machine so far (/proc/stat ctxt): each is a process put to
+# sleep or woken, so per statement they count the round trip's wake-ups.
+machine_ctxt() { awk '$1 == "ctxt" { print $2; exit }' /proc/stat; }
 # CPU of this shell's reaped children (user + system), in seconds, from the `times` builtin;
 # it must run in this shell (a $(...) subshell has no children of its own), hence the file.
 children_secs() {
@@ -474,7 +477,7 @@ STAMP="$(date +%Y-%m-%d_%H%M%S)"
 RAW="$RESULTS_DIR/$STAMP.csv"
 SUMMARY="$RESULTS_DIR/$STAMP-summary.csv"
 OUTLOG="$RESULTS_DIR/$STAMP.log"
-echo "mode,clients,round,target,status,tps,latency_ms,transactions,failed,cpu_ticks,cpu_us_per_stmt,postgres_us_per_stmt,pgbench_us_per_stmt,other_cpu_pct,loadavg1,audit_events" >"$RAW"
+echo "mode,clients,round,target,status,tps,latency_ms,transactions,failed,cpu_ticks,cpu_us_per_stmt,postgres_us_per_stmt,pgbench_us_per_stmt,other_cpu_pct,loadavg1,audit_events,ctxsw_per_stmt" >"$RAW"
 {
     echo "# bench/run.sh $STAMP: WORKLOAD=$WORKLOAD AUDIT=$AUDIT DURATION=$DURATION ROUNDS=$ROUNDS CLIENTS='$CLIENTS' MODES='$MODES' SCALE=$SCALE"
     echo "# portcullis: $PORTCULLIS_BIN ($("$PORTCULLIS_BIN" --version 2>&1), binary built $(date -r "$PORTCULLIS_BIN" '+%F %T %Z'); tree now at git $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet HEAD 2>/dev/null || echo '+uncommitted changes'))"
@@ -495,7 +498,7 @@ for mode in $MODES; do
                 i=$((i + 1))
                 load="$(cut -d' ' -f1 /proc/loadavg)"
                 if [[ -n "${DEAD[$t]:-}" ]]; then
-                    echo "$mode,$c,$round,$t,dead,,,,,,,,,,$load," >>"$RAW"
+                    echo "$mode,$c,$round,$t,dead,,,,,,,,,,$load,," >>"$RAW"
                     continue
                 fi
                 pid="$(pid_of "$t")"
@@ -505,6 +508,7 @@ for mode in $MODES; do
                 [[ -n "$pid" ]] && before="$(cpu_ticks "$pid")"
                 pg_before="$(pg_ticks)"
                 m_before="$(machine_ticks)"
+                cs_before="$(machine_ctxt)"
                 t_before="$(date +%s%N)"
                 children_secs >"$TMP/kids_before"
                 out="$TMP/out/$mode-$c-$round-$t.txt"
@@ -520,6 +524,7 @@ for mode in $MODES; do
                 t_after="$(date +%s%N)"
                 kids_before="$(cat "$TMP/kids_before")" kids_after="$(cat "$TMP/kids_after")"
                 m_after="$(machine_ticks)"
+                cs_after="$(machine_ctxt)"
                 pg_after="$(pg_ticks)"
                 after=""
                 [[ -n "$pid" ]] && after="$(cpu_ticks "$pid")"
@@ -564,13 +569,15 @@ for mode in $MODES; do
                         printf "%.1f\n", (wall > 0 ? 100 * other * 1e6 / wall / ncpu : 0)
                     }')
                 [[ "$pg_us" == - ]] && pg_us="" && bench_us=""
-                echo "$mode,$c,$round,$t,$status,$tps,$lat,$xacts,${failed:-},$ticks,$cpu_us,$pg_us,$bench_us,$other_pct,$load,$audit_events" >>"$RAW"
+                cs=""
+                ((${xacts:-0} > 0)) && cs="$(awk -v d=$((cs_after - cs_before)) -v n="$xacts" 'BEGIN { printf "%.2f", d / n }')"
+                echo "$mode,$c,$round,$t,$status,$tps,$lat,$xacts,${failed:-},$ticks,$cpu_us,$pg_us,$bench_us,$other_pct,$load,$audit_events,$cs" >>"$RAW"
                 {
                     echo "=== [$i/$total] $t mode=$mode clients=$c round=$round status=$status rc=$rc"
                     cat "$out"
                 } >>"$OUTLOG"
                 if [[ "$status" == ok ]]; then
-                    log "[$i/$total] $mode c=$c r=$round $t: tps=$tps lat=${lat}ms${cpu_us:+ proxy=${cpu_us}us/stmt} pg=${pg_us}us/stmt pgbench=${bench_us}us/stmt other=${other_pct}%${audit_events:+ audit_events=$audit_events}"
+                    log "[$i/$total] $mode c=$c r=$round $t: tps=$tps lat=${lat}ms${cpu_us:+ proxy=${cpu_us}us/stmt} pg=${pg_us}us/stmt pgbench=${bench_us}us/stmt cs=${cs}/stmt other=${other_pct}%${audit_events:+ audit_events=$audit_events}"
                 else
                     log "[$i/$total] $mode c=$c r=$round $t: $status; pgbench output:"
                     sed 's/^/    /' "$out" >&2
