@@ -44,6 +44,15 @@ async fn rows(client: &Client, sql: &str) -> Result<Vec<Vec<String>>> {
         .collect())
 }
 
+/// What a reload does: the policy from the configuration, with `dir` as its directory.
+fn load_policy(env: &TestEnv, dir: &std::path::Path) -> Result<()> {
+    let mut config = Config::load(&env.config_path)?;
+    config.policy.dir = Some(dir.to_owned());
+    let policy = portcullis_policy::Policy::load(&config.policy)?;
+    env.shared.policy.store(Arc::new(policy));
+    Ok(())
+}
+
 /// Creates the RLS-protected table and the unprivileged upstream role, points the
 /// proxy at a copy of the quickstart policy with the native rule, maps support_acme to
 /// that role, and waits for the catalog to know the table. Returns the role's name.
@@ -87,11 +96,7 @@ async fn prepare(env: &TestEnv) -> Result<String> {
     )?;
     append("rules.toml", NATIVE_RULE)?;
 
-    // What a reload does: the policy from the configuration, with the new directory.
-    let mut config = Config::load(&env.config_path)?;
-    config.policy.dir = Some(policy_dir);
-    let policy = portcullis_policy::Policy::load(&config.policy)?;
-    env.shared.policy.store(Arc::new(policy));
+    load_policy(env, &policy_dir)?;
 
     let attributes = BTreeMap::from([("tenant".to_owned(), "1".to_owned())]);
     let support = NewUser {
@@ -208,6 +213,102 @@ async fn native_rls_sets_the_tenant_and_refuses_changing_it() -> Result<()> {
         .simple_query("SELECT set_config('app.tenant', '3', false)")
         .await?;
     admin.simple_query("RESET ALL").await?;
+
+    let db = direct(&env).await?;
+    let _ = db
+        .batch_execute(&format!(
+            "DROP TABLE public.tickets; DROP ROLE IF EXISTS {role}"
+        ))
+        .await;
+    Ok(())
+}
+
+/// A reload that renders the native settings differently reaches open sessions at
+/// their next batch outside a transaction (a transaction keeps the settings it began
+/// with), in both protocols, without the client seeing the proxy's own query; a reload
+/// that cannot render them for the identity ends the session instead of leaving the
+/// old settings in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_reaches_open_sessions_between_transactions() -> Result<()> {
+    let env = TestEnv::start().await?;
+    let role = prepare(&env).await?;
+    let policy_dir = env.dir().join("policy-native");
+    let rules = std::fs::read_to_string(policy_dir.join("rules.toml"))?;
+    let reload_with = |value: &str| -> Result<()> {
+        let changed = rules
+            .replace(
+                r#""app.tenant" = "${user.tenant}""#,
+                &format!(r#""app.tenant" = "{value}""#),
+            )
+            .replace(
+                "tenant = \"text\"",
+                "tenant = \"text\"\ndepartment = \"text\"",
+            );
+        assert_ne!(changed, rules, "the native rule was not found");
+        std::fs::write(policy_dir.join("rules.toml"), changed)?;
+        load_policy(&env, &policy_dir)
+    };
+
+    let support = pg_connect(&env, SUPPORT).await?;
+    let tickets = "SELECT id FROM tickets ORDER BY id";
+    assert_eq!(rows(&support, tickets).await?, [["1"], ["2"]]);
+    let statement = support.prepare(tickets).await?;
+
+    support.simple_query("BEGIN").await?;
+    assert_eq!(rows(&support, tickets).await?, [["1"], ["2"]]);
+    reload_with("3")?;
+    // Inside the transaction, nothing changes.
+    assert_eq!(rows(&support, tickets).await?, [["1"], ["2"]]);
+    assert_eq!(
+        rows(&support, "SELECT current_setting('app.tenant')").await?,
+        [["1"]]
+    );
+    support.simple_query("COMMIT").await?;
+    // The next batch has the new settings, and its answer is only its own.
+    let messages = support.simple_query(tickets).await?;
+    let ids: Vec<&str> = messages
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => row.get(0),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids, ["4"]);
+    assert_eq!(
+        messages
+            .iter()
+            .filter(|m| matches!(m, SimpleQueryMessage::CommandComplete(_)))
+            .count(),
+        1,
+        "{messages:?}"
+    );
+    // The extended protocol: a batch that starts with Parse/Bind picks it up too.
+    reload_with("2")?;
+    let ids: Vec<i32> = support
+        .query(&statement, &[])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(ids, [3]);
+
+    // A policy that cannot render the setting for this identity (it has no
+    // department) ends the session.
+    reload_with("${user.department}")?;
+    let err = support
+        .simple_query(tickets)
+        .await
+        .expect_err("the settings cannot be rendered");
+    assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{err}");
+    assert!(
+        eventually(10, || async { support.is_closed() }).await,
+        "the session stayed open with the old settings"
+    );
+    // And no new session gets in with it.
+    let Err(err) = pg_connect(&env, SUPPORT).await else {
+        panic!("a new session got in with settings the policy cannot render");
+    };
+    assert!(format!("{err:#}").contains("department"), "{err:#}");
 
     let db = direct(&env).await?;
     let _ = db

@@ -139,9 +139,10 @@ async fn establish_and_relay(
     let (mut upstream, cancel_target) = upstream;
     // Before the client's first statement: the settings the database's own row-level
     // security reads for this identity.
-    if let Err(e) = native::apply(shared, &identity.identity, &mut upstream).await {
-        return (Some(client), Err(e));
-    }
+    let native = match native::apply(shared, &identity.identity, &mut upstream).await {
+        Ok(applied) => applied,
+        Err(e) => return (Some(client), Err(e)),
+    };
     let registration = shared.cancels.register(cancel_target.clone());
     info!(upstream_pid = upstream.backend_key.0, "session established");
 
@@ -178,6 +179,7 @@ async fn establish_and_relay(
         upstream,
         &identity,
         &cancel_target,
+        native,
         session_audit.as_mut(),
     )
     .await;

@@ -1,6 +1,7 @@
 //! Native row-level security: the settings the database's own policies read
-//! (`current_setting('app.tenant')`), applied to the upstream session once, after it
-//! is opened and before the client's first statement.
+//! (`current_setting('app.tenant')`), applied to the upstream session after it is
+//! opened and before the client's first statement, and again whenever a reloaded
+//! policy renders them differently (see [`Applied::refresh`]).
 //!
 //! They are set for the session (`set_config(name, value, false)`), not per statement
 //! with `SET LOCAL`, and that is equivalent here: the upstream connection belongs to
@@ -27,26 +28,88 @@ use crate::upstream::{Upstream, UpstreamError};
 /// Largest message accepted while the settings are applied (the answer is one short row).
 const MAX_MESSAGE: usize = 64 * 1024;
 
+/// The settings applied to one upstream session and the policy version they were
+/// rendered from.
+#[derive(Debug, Default)]
+pub struct Applied {
+    version: String,
+    settings: Vec<(String, String)>,
+}
+
+impl Applied {
+    /// After a policy reload: the statement that brings the upstream session's settings
+    /// to what `policy` renders for `identity`, or `None` when nothing changed. Settings
+    /// the new policy no longer renders are set to the empty string, which no
+    /// row-level-security policy reading them as a key accepts. Fails (FATAL, the
+    /// policy's 42501) when the policy cannot render them for this identity.
+    ///
+    /// The caller sends the statement only between transactions, so a transaction sees
+    /// one policy's settings throughout, and `set_config(..., false)` cannot be undone
+    /// by a rollback.
+    pub fn refresh(
+        &mut self,
+        policy: &portcullis_policy::Policy,
+        identity: &Identity,
+    ) -> Result<Option<String>, SessionError> {
+        if policy.version() == self.version {
+            return Ok(None);
+        }
+        let settings = rendered(policy, identity)?;
+        self.version = policy.version().to_owned();
+        if settings == self.settings {
+            return Ok(None);
+        }
+        let mut statement_settings = settings.clone();
+        for (name, _) in &self.settings {
+            if !settings.iter().any(|(new, _)| new == name) {
+                statement_settings.push((name.clone(), String::new()));
+            }
+        }
+        self.settings = settings;
+        debug!(
+            policy_version = %self.version,
+            "the reloaded policy renders new native row-level security settings"
+        );
+        Ok(Some(statement(&statement_settings)))
+    }
+}
+
+/// The identity's settings under `policy`, or the FATAL refusing the session.
+fn rendered(
+    policy: &portcullis_policy::Policy,
+    identity: &Identity,
+) -> Result<Vec<(String, String)>, SessionError> {
+    policy
+        .session_settings(identity)
+        .map_err(|denial| SessionError::Client(PgError::fatal(denial.sqlstate, denial.message)))
+}
+
 /// Applies the identity's native row-level-security settings to `upstream`, if it has
-/// any. Refuses the session with a FATAL when the policy cannot render them (a missing
-/// attribute, conflicting rules: the policy's 42501) or the server rejects them.
+/// any, and returns what it applied. Refuses the session with a FATAL when the policy
+/// cannot render them (a missing attribute, conflicting rules: the policy's 42501) or
+/// the server rejects them.
 pub async fn apply(
     shared: &Shared,
     identity: &Identity,
     upstream: &mut Upstream,
-) -> Result<(), SessionError> {
-    let settings = shared
-        .policy
-        .load()
-        .session_settings(identity)
-        .map_err(|denial| SessionError::Client(PgError::fatal(denial.sqlstate, denial.message)))?;
-    if settings.is_empty() {
-        return Ok(());
+) -> Result<Applied, SessionError> {
+    let policy = shared.policy.load();
+    let settings = rendered(&policy, identity)?;
+    let applied = Applied {
+        version: policy.version().to_owned(),
+        settings,
+    };
+    if applied.settings.is_empty() {
+        return Ok(applied);
     }
-    let names: Vec<&str> = settings.iter().map(|(name, _)| name.as_str()).collect();
+    let names: Vec<&str> = applied
+        .settings
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .collect();
     debug!(settings = ?names, "applying native row-level security settings");
     let mut out = BytesMut::new();
-    query::encode(&statement(&settings), &mut out);
+    query::encode(&statement(&applied.settings), &mut out);
     let timeout = Duration::from_secs(shared.limits.startup_timeout_secs);
     let answer = tokio::time::timeout(timeout, async {
         upstream.stream.write_all(&out).await?;
@@ -56,18 +119,23 @@ pub async fn apply(
     .await
     .map_err(|_| SessionError::Upstream(UpstreamError::Timeout(timeout)))??;
     match answer {
-        None => Ok(()),
+        None => Ok(applied),
         Some((code, message)) => {
             warn!(%code, %message, settings = ?names, "upstream refused the native row-level security settings");
-            Err(SessionError::Client(
-                PgError::fatal(
-                    sqlstate::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
-                    "portcullis: could not apply the session settings for native row-level security",
-                )
-                .with_hint("the proxy's log has the details"),
-            ))
+            Err(refused())
         }
     }
+}
+
+/// What the client hears when the server refuses the settings.
+pub fn refused() -> SessionError {
+    SessionError::Client(
+        PgError::fatal(
+            sqlstate::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+            "portcullis: could not apply the session settings for native row-level security",
+        )
+        .with_hint("the proxy's log has the details"),
+    )
 }
 
 /// `SELECT pg_catalog.set_config('name', 'value', false), ...`: names and values as

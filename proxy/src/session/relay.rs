@@ -13,6 +13,12 @@
 //! marker, and replaces the server's syntax error carrying that marker with its own
 //! denial. Batches are counted (one per Query, Sync or FunctionCall, each answered by
 //! one ReadyForQuery), so a replacement can only apply inside its own batch.
+//!
+//! The proxy sends batches of its own too: after a policy reload that renders this
+//! identity's native row-level-security settings differently, a `set_config` query
+//! goes up before the client's next batch that starts outside a transaction, and its
+//! whole answer is kept from the client (an error ends the session: the settings the
+//! policy asks for could not be applied).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -28,6 +34,7 @@ use tracing::{info, warn};
 use super::SessionError;
 use super::audit::{SessionAudit, StatementAudit};
 use super::auth::Authenticated;
+use super::native;
 use crate::pg::error::field;
 use crate::pg::error::sqlstate;
 use crate::pg::messages::{self, DecodeError};
@@ -99,6 +106,9 @@ struct Inflight {
     /// Ended batches awaiting ReadyForQuery.
     ended: VecDeque<BatchInfo>,
     denials: VecDeque<PendingDenial>,
+    /// The proxy's own batch in flight (native settings after a reload), whose answer
+    /// the client must not see.
+    hidden: Option<u64>,
     /// Transaction status of the last ReadyForQuery.
     status: u8,
     draining: bool,
@@ -117,6 +127,7 @@ pub async fn relay(
     upstream: Upstream,
     auth: &Authenticated,
     cancel: &CancelTarget,
+    native: native::Applied,
     audit: Option<&mut SessionAudit>,
 ) -> Result<(), SessionError> {
     let Upstream {
@@ -140,6 +151,7 @@ pub async fn relay(
         framer: Framer::new(shared.limits.max_message_bytes),
         out: BytesMut::with_capacity(16 * 1024),
         audit,
+        native,
     };
     let mut back = Backend {
         shared,
@@ -210,6 +222,8 @@ struct Frontend<'a> {
     framer: Framer,
     out: BytesMut,
     audit: Option<&'a mut SessionAudit>,
+    /// The native row-level-security settings the upstream session has.
+    native: native::Applied,
 }
 
 impl Frontend<'_> {
@@ -255,7 +269,7 @@ impl Frontend<'_> {
     fn handle(&mut self, msg: RawMessage) -> Result<bool, SessionError> {
         match msg.tag {
             b'Q' => {
-                self.begin();
+                self.begin()?;
                 match messages::query::decode(msg.body()) {
                     Ok(sql) => {
                         let (decision, stmt) = self.decide(sql);
@@ -282,7 +296,7 @@ impl Frontend<'_> {
                 self.end_batch();
             }
             b'P' => {
-                self.begin();
+                self.begin()?;
                 match messages::parse::decode(msg.body()) {
                     Ok(parse) => {
                         let (decision, stmt) = self.decide(parse.query);
@@ -317,14 +331,14 @@ impl Frontend<'_> {
                 }
             }
             b'S' => {
-                self.begin();
+                self.begin()?;
                 self.out.extend_from_slice(&msg.raw);
                 self.end_batch();
             }
             b'F' => {
                 // Fast-path function calls bypass SQL entirely (lo_export, pg_read_file):
                 // refused, answered like a failed statement.
-                self.begin();
+                self.begin()?;
                 let denial = PgError::error(
                     sqlstate::INSUFFICIENT_PRIVILEGE,
                     "portcullis: fast-path function calls are not allowed",
@@ -338,7 +352,7 @@ impl Frontend<'_> {
                 return Ok(true);
             }
             b'B' | b'E' | b'D' | b'C' | b'H' => {
-                self.begin();
+                self.begin()?;
                 if self.audit.is_some() {
                     self.audit_extended(msg.tag, msg.body())?;
                 }
@@ -496,12 +510,25 @@ impl Frontend<'_> {
         Ok(())
     }
 
-    fn begin(&mut self) {
+    /// Opens a batch, unless one is open. A batch that starts with everything
+    /// answered and outside a transaction first brings the native settings up to the
+    /// current policy, in a batch of the proxy's own.
+    fn begin(&mut self) -> Result<(), SessionError> {
         let mut st = self.state.lock();
-        if !st.open_batch {
-            st.open_batch = true;
-            st.open_since = Some(Instant::now());
+        if st.open_batch {
+            return Ok(());
         }
+        if st.idle() {
+            let policy = self.shared.policy.load();
+            if let Some(statement) = self.native.refresh(&policy, self.identity)? {
+                messages::query::encode(&statement, &mut self.out);
+                st.hidden = Some(st.batches_sent);
+                st.batches_sent += 1;
+            }
+        }
+        st.open_batch = true;
+        st.open_since = Some(Instant::now());
+        Ok(())
     }
 
     fn end_batch(&mut self) {
@@ -567,8 +594,22 @@ impl Backend<'_> {
                     ))
                 })?;
             let mut drained = false;
+            let mut hiding = {
+                let st = self.state.lock();
+                st.hidden == Some(st.batches_done)
+            };
             let mut pieces = std::mem::take(&mut self.pieces);
             for piece in pieces.drain(..) {
+                if hiding {
+                    match self.hidden(piece)? {
+                        Hidden::Kept => {}
+                        Hidden::Done { drained: now } => {
+                            hiding = false;
+                            drained = now;
+                        }
+                    }
+                    continue;
+                }
                 match piece {
                     Piece::Forward(bytes) => self.out.unsplit(bytes),
                     Piece::Message { tag: b'E', raw } => {
@@ -669,7 +710,60 @@ impl Backend<'_> {
     }
 }
 
+/// What became of a piece of the proxy's own batch's answer.
+enum Hidden {
+    /// Kept from the client (or, for asynchronous messages, forwarded).
+    Kept,
+    /// It was the batch's ReadyForQuery; `drained` as for any batch.
+    Done { drained: bool },
+}
+
 impl Backend<'_> {
+    /// Handles a piece of the answer to the proxy's own batch: the client sees only
+    /// what the server would have sent it anyway (notifications, parameter changes);
+    /// an error ends the session, since the settings the policy asks for are not in
+    /// place.
+    fn hidden(&mut self, piece: Piece) -> Result<Hidden, SessionError> {
+        match piece {
+            Piece::Message { tag: b'Z', raw } => {
+                let mut st = self.state.lock();
+                st.hidden = None;
+                st.batches_done += 1;
+                st.status = raw.get(5).copied().unwrap_or(b'I');
+                Ok(Hidden::Done {
+                    drained: st.draining && st.idle(),
+                })
+            }
+            Piece::Message { tag: b'E', raw } => {
+                let body = raw.get(5..).unwrap_or_default();
+                let text = |code| {
+                    field(body, code)
+                        .map(String::from_utf8_lossy)
+                        .unwrap_or_default()
+                        .into_owned()
+                };
+                warn!(
+                    code = %text(b'C'),
+                    message = %text(b'M'),
+                    "upstream refused the native row-level security settings of a reloaded policy"
+                );
+                Err(native::refused())
+            }
+            Piece::Message { tag: b'S', raw } => {
+                check_parameter_status(&raw)?;
+                self.out.unsplit(raw);
+                Ok(Hidden::Kept)
+            }
+            Piece::Message { tag: b'A', mut raw } => {
+                self.translate_notification_pid(&mut raw);
+                self.out.unsplit(raw);
+                Ok(Hidden::Kept)
+            }
+            // RowDescription, DataRow, CommandComplete, notices of the proxy's query.
+            Piece::Forward(_) | Piece::Message { .. } => Ok(Hidden::Kept),
+        }
+    }
+
     /// The event a CommandComplete or ErrorResponse belongs to: the next one of the
     /// oldest unfinished batch (or of the open batch, when it has not ended yet).
     fn with_current_event(&self, f: impl FnOnce(&mut AuditEvent), advance: bool) {
