@@ -25,6 +25,7 @@ const KNOWN_UNPARSABLE: &[(&str, &str)] = &[
         "pgbench -i client-side load (COPY option FREEZE ON)",
         "copy pgbench_accounts from stdin with (freeze on)",
     ),
+    // Accepted all the same, read in parentheses (see `analysis::table_command`).
     ("TABLE shorthand", "TABLE pgbench_branches"),
     ("VACUUM with options", "VACUUM (VERBOSE, ANALYZE) t"),
     ("CHECKPOINT", "CHECKPOINT"),

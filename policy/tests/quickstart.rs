@@ -125,6 +125,9 @@ fn analyst_reads_through_masks() {
         "SELECT * FROM orders o, LATERAL (SELECT ssn FROM customers c WHERE c.id = o.customer_id) l",
         "SELECT ssn FROM customers UNION SELECT 'x'",
         "SELECT row_to_json(c) FROM customers c",
+        "TABLE customers",
+        "TABLE public.customers;",
+        "SELECT 1 AS id UNION TABLE customers",
     ] {
         let sql = forwarded(&engine.decide(&policy, &catalog, &analyst, text));
         assert!(sql.contains("right(\"ssn\", 4)"), "{text} -> {sql}");

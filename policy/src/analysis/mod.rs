@@ -217,7 +217,12 @@ pub(crate) fn analyze(sql: &str) -> Analysis {
 }
 
 fn outcome(sql: &str) -> Outcome {
-    let (statements, tokens) = match parse_keeping_tokens(sql) {
+    let parsed = parse_keeping_tokens(sql).or_else(|failure| {
+        table_command(sql)
+            .and_then(|wrapped| parse_keeping_tokens(&wrapped).ok())
+            .ok_or(failure)
+    });
+    let (statements, tokens) = match parsed {
         Ok(parsed) => parsed,
         Err(ParseFailure::Syntax(error)) => {
             return Outcome::Refused(Refusal::Unparsable(client_safe(&error)));
@@ -274,6 +279,37 @@ fn outcome(sql: &str) -> Outcome {
         sql: Arc::from(text),
         classes,
     }
+}
+
+/// A `TABLE name` command, which sqlparser reads only inside a query (`(TABLE t)`,
+/// `... UNION TABLE t`), not as a statement of its own: the text in parentheses, which
+/// PostgreSQL reads as the same statement. `None` unless the text is one statement
+/// (semicolons only at its end) starting with `TABLE`. The line break keeps the closing
+/// parenthesis out of a trailing `--` comment.
+fn table_command(sql: &str) -> Option<String> {
+    use sqlparser::keywords::Keyword;
+    use sqlparser::tokenizer::Token;
+    let tokens = tokenize(sql).ok()?;
+    let mut significant = tokens
+        .iter()
+        .map(|token| &token.token)
+        .filter(|token| !matches!(token, Token::Whitespace(_) | Token::EOF));
+    if !matches!(significant.next(), Some(Token::Word(word)) if word.keyword == Keyword::TABLE) {
+        return None;
+    }
+    let mut text = sql;
+    if significant.any(|token| matches!(token, Token::SemiColon)) {
+        // Only a final run of semicolons (and whitespace) is cut; anything else after
+        // a semicolon leaves it in, and the wrapped text does not parse.
+        loop {
+            let trimmed = text.trim_end();
+            match trimmed.strip_suffix(';') {
+                Some(shorter) => text = shorter,
+                None => break,
+            }
+        }
+    }
+    Some(format!("({text}\n)"))
 }
 
 /// The statements as the proxy forwards them: printed, joined by `"; "`.

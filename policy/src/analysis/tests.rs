@@ -351,13 +351,41 @@ fn unparsable_texts_are_refused_with_the_parser_error() {
         "CLUSTER t USING i",
         "REINDEX TABLE t",
         "VACUUM ANALYZE t",
-        "TABLE t",
+        "TABLE t; TABLE u",
+        "TABLE t; -- the end",
         "copy pgbench_accounts from stdin with (freeze on)",
         "SELECT 'unterminated",
     ] {
         match analyze(sql).outcome {
             Outcome::Refused(Refusal::Unparsable(error)) => {
                 assert!(error.starts_with("sql parser error: "), "{sql}: {error}");
+            }
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn table_commands_are_read_in_parentheses() {
+    for (sql, forwarded) in [
+        // sqlparser prints `TABLE t` as what PostgreSQL defines it to be.
+        ("TABLE t", "(SELECT * FROM t)"),
+        ("TABLE t;", "(SELECT * FROM t)"),
+        ("table public.t ;; \n", "(SELECT * FROM public.t)"),
+        ("TABLE t -- all of it", "(SELECT * FROM t)"),
+        (
+            "TABLE t ORDER BY 1 LIMIT 2",
+            "(SELECT * FROM t ORDER BY 1 LIMIT 2)",
+        ),
+    ] {
+        match analyze(sql).outcome {
+            Outcome::Statements {
+                statements,
+                sql: text,
+                ..
+            } => {
+                assert_eq!(statements.len(), 1, "{sql}");
+                assert_eq!(&*text, forwarded, "{sql}");
             }
             other => panic!("{sql}: {other:?}"),
         }
