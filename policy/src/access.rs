@@ -697,6 +697,43 @@ impl Resolve for Resolver<'_> {
         )
     }
 
+    fn sampled(
+        &mut self,
+        view: Box<Query>,
+        sample: sqlparser::ast::TableSampleKind,
+    ) -> Result<Box<Query>, Denial> {
+        let refuse = || crate::rewrite::write::refuse("TABLESAMPLE on this table");
+        // `view` is the placeholder `read` handed out last; its view is rebuilt with the
+        // sample and handed out under a new placeholder.
+        drop(view);
+        let (_, text) = self.views.pop().ok_or_else(refuse)?;
+        let mut query = self.query(&text)?;
+        let sqlparser::ast::SetExpr::Select(select) = query.body.as_mut() else {
+            return Err(refuse());
+        };
+        let [sqlparser::ast::TableWithJoins { relation, joins }] = select.from.as_mut_slice()
+        else {
+            return Err(refuse());
+        };
+        let sqlparser::ast::TableFactor::Table {
+            sample: slot @ None,
+            ..
+        } = relation
+        else {
+            return Err(refuse());
+        };
+        if !joins.is_empty() {
+            return Err(refuse());
+        }
+        *slot = Some(sample);
+        // The splice needs the new text proven like every view's (see `splice`).
+        if !prints_as_parsed(&query) {
+            return Err(refuse());
+        }
+        self.placeholder(&Arc::from(query.to_string()))
+            .ok_or_else(refuse)
+    }
+
     fn query(&mut self, sql: &str) -> Result<Box<Query>, Denial> {
         remembered(
             &self.access.parsed,

@@ -236,6 +236,38 @@ fn support_sees_its_tenant_and_cannot_leave_it() {
 }
 
 #[test]
+fn tablesample_is_drawn_from_the_table_before_the_row_filter() {
+    let (engine, policy, catalog) = (Engine::default(), policy(), catalog());
+    let support = support();
+    for (text, sample) in [
+        (
+            "SELECT count(*) FROM customers TABLESAMPLE BERNOULLI (0)",
+            "FROM \"public\".\"customers\" TABLESAMPLE BERNOULLI (0) WHERE",
+        ),
+        (
+            "SELECT c.email FROM customers AS c TABLESAMPLE SYSTEM (50) REPEATABLE (7) JOIN orders o ON o.customer_id = c.id",
+            "FROM \"public\".\"customers\" TABLESAMPLE SYSTEM (50) REPEATABLE (7) WHERE",
+        ),
+    ] {
+        let sql = forwarded(&engine.decide(&policy, &catalog, &support, text));
+        assert!(sql.contains(sample), "{text} -> {sql}");
+        assert_eq!(sql.matches("TABLESAMPLE").count(), 1, "{text} -> {sql}");
+        assert!(sql.contains("tenant_id = '1'"), "{text} -> {sql}");
+    }
+    // Left in place where nothing is substituted.
+    let sql = forwarded(&engine.decide(
+        &policy,
+        &catalog,
+        &Identity::new("admin", ["dba"]),
+        "SELECT count(*) FROM customers TABLESAMPLE BERNOULLI (0)",
+    ));
+    assert_eq!(
+        sql,
+        "SELECT count(*) FROM customers TABLESAMPLE BERNOULLI (0)"
+    );
+}
+
+#[test]
 fn shapes_rewritten_from_templates_match_full_rewrites() {
     let (engine, policy, catalog) = (Engine::default(), policy(), catalog());
     let support = support();

@@ -253,6 +253,28 @@ async fn bypass_attempts_reveal_no_protected_value() -> anyhow::Result<()> {
         vec!["0".to_string()],
         "ssn is fully redacted for support"
     );
+    // TABLESAMPLE and TABLE work through the substitution: a sample of no rows is
+    // empty, a sample of all rows and `TABLE` are the tenant's rows.
+    let tenant_rows = column(&support_client, "SELECT count(*) FROM customers").await?;
+    for (sql, expected) in [
+        (
+            "SELECT count(*) FROM customers TABLESAMPLE BERNOULLI (0)",
+            vec!["0".to_string()],
+        ),
+        (
+            "SELECT count(*) FROM customers c TABLESAMPLE SYSTEM (100) REPEATABLE (1)",
+            tenant_rows.clone(),
+        ),
+        (
+            "SELECT count(*) FROM (TABLE customers) t WHERE tenant_id = 1",
+            tenant_rows.clone(),
+        ),
+    ] {
+        assert_eq!(column(&support_client, sql).await?, expected, "{sql}");
+    }
+    assert!(tenant_rows[0] != "0", "{tenant_rows:?}");
+    let table = column(&support_client, "TABLE customers;").await?;
+    assert_eq!(vec![table.len().to_string()], tenant_rows);
     // Support may update its own tenant's rows.
     let updated = support_client
         .execute(

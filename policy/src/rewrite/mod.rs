@@ -21,7 +21,7 @@ use sqlparser::ast::{
     AssignmentTarget, CopySource, DataType, Expr, Function, FunctionArg, FunctionArgExpr,
     FunctionArguments, Ident, ObjectName, ObjectNamePart, Query, SelectItem,
     SelectItemQualifiedWildcardKind, SetExpr, Statement, TableAlias, TableFactor, TableInheritance,
-    VisitMut, VisitorMut,
+    TableSampleKind, VisitMut, VisitorMut,
 };
 
 use crate::decision::Denial;
@@ -89,6 +89,17 @@ pub(crate) trait Resolve {
     /// depends on).
     fn expr(&mut self, sql: &str) -> Result<Expr, Denial> {
         write::parse_expr(sql)
+    }
+    /// The derived table `view` (just returned by [`Resolve::read`]) with the reference's
+    /// `TABLESAMPLE` moved onto the table it reads, so that the sample is drawn from the
+    /// table as the client asked, before the row filter (as PostgreSQL would apply the
+    /// client's WHERE). A resolver that cannot do that refuses.
+    fn sampled(
+        &mut self,
+        _view: Box<Query>,
+        _sample: TableSampleKind,
+    ) -> Result<Box<Query>, Denial> {
+        Err(write::refuse("TABLESAMPLE on this table"))
     }
     /// `sql` parsed as a query; like [`Resolve::expr`].
     fn query(&mut self, sql: &str) -> Result<Box<Query>, Denial> {
@@ -457,6 +468,7 @@ impl<R: Resolve> VisitorMut for Walker<'_, R> {
             alias,
             args,
             inheritance,
+            sample,
             ..
         } = factor
         else {
@@ -482,6 +494,13 @@ impl<R: Resolve> VisitorMut for Walker<'_, R> {
         match self.resolve.read(&parts, only) {
             Ok(Read::Keep) => ControlFlow::Continue(()),
             Ok(Read::Substitute(subquery)) => {
+                let subquery = match sample.take() {
+                    Some(sample) => match self.resolve.sampled(subquery, sample) {
+                        Ok(subquery) => subquery,
+                        Err(denial) => return ControlFlow::Break(denial),
+                    },
+                    None => subquery,
+                };
                 let alias = alias.take().unwrap_or_else(|| TableAlias {
                     explicit: true,
                     name: name
