@@ -254,6 +254,24 @@ fn tablesample_is_drawn_from_the_table_before_the_row_filter() {
         assert_eq!(sql.matches("TABLESAMPLE").count(), 1, "{text} -> {sql}");
         assert!(sql.contains("tenant_id = '1'"), "{text} -> {sql}");
     }
+    // Texts of one shape, some decided from its template, decide as the full analysis
+    // does: the sample's literals now stand in the spliced view's text.
+    let shared = Engine::default();
+    for n in 1..30u32 {
+        let text = format!(
+            "SELECT count(*) FROM customers TABLESAMPLE BERNOULLI ({}) REPEATABLE ({n}) WHERE id > {}",
+            n % 7 * 10,
+            n * 3
+        );
+        let fast = shared.decide(&policy, &catalog, &support, &text);
+        let full = Engine::default().decide(&policy, &catalog, &support, &text);
+        assert_eq!(fast, full, "{text}");
+        let sql = forwarded(&fast);
+        assert!(
+            sql.contains(&format!("BERNOULLI ({}) REPEATABLE ({n}) WHERE", n % 7 * 10)),
+            "{text} -> {sql}"
+        );
+    }
     // Left in place where nothing is substituted.
     let sql = forwarded(&engine.decide(
         &policy,
