@@ -268,7 +268,10 @@ fn tablesample_is_drawn_from_the_table_before_the_row_filter() {
         assert_eq!(fast, full, "{text}");
         let sql = forwarded(&fast);
         assert!(
-            sql.contains(&format!("BERNOULLI ({}) REPEATABLE ({n}) WHERE", n % 7 * 10)),
+            sql.contains(&format!(
+                "BERNOULLI ({}) REPEATABLE ({n}) WHERE",
+                n % 7 * 10
+            )),
             "{text} -> {sql}"
         );
     }

@@ -39,9 +39,9 @@ pub struct Applied {
 impl Applied {
     /// After a policy reload: the statement that brings the upstream session's settings
     /// to what `policy` renders for `identity`, or `None` when nothing changed. Settings
-    /// the new policy no longer renders are set to the empty string, which no
-    /// row-level-security policy reading them as a key accepts. Fails (FATAL, the
-    /// policy's 42501) when the policy cannot render them for this identity.
+    /// the new policy no longer renders are set to the empty string, so that no value
+    /// of the old policy lingers. Fails (FATAL, the policy's 42501) when the policy
+    /// cannot render them for this identity.
     ///
     /// The caller sends the statement only between transactions, so a transaction sees
     /// one policy's settings throughout, and `set_config(..., false)` cannot be undone
