@@ -129,6 +129,17 @@ async fn prepare(env: &TestEnv) -> Result<String> {
     Ok(role)
 }
 
+/// Drops what [`prepare`] created (the role is the cluster's, not the test database's).
+async fn clean_up(env: &TestEnv, role: &str) -> Result<()> {
+    let db = direct(env).await?;
+    let _ = db
+        .batch_execute(&format!(
+            "DROP TABLE public.tickets; DROP ROLE IF EXISTS {role}"
+        ))
+        .await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn native_rls_sets_the_tenant_and_refuses_changing_it() -> Result<()> {
     let env = TestEnv::start().await?;
@@ -214,13 +225,7 @@ async fn native_rls_sets_the_tenant_and_refuses_changing_it() -> Result<()> {
         .await?;
     admin.simple_query("RESET ALL").await?;
 
-    let db = direct(&env).await?;
-    let _ = db
-        .batch_execute(&format!(
-            "DROP TABLE public.tickets; DROP ROLE IF EXISTS {role}"
-        ))
-        .await;
-    Ok(())
+    clean_up(&env, &role).await
 }
 
 /// A reload that renders the native settings differently reaches open sessions at
@@ -310,11 +315,5 @@ async fn a_reload_reaches_open_sessions_between_transactions() -> Result<()> {
     };
     assert!(format!("{err:#}").contains("department"), "{err:#}");
 
-    let db = direct(&env).await?;
-    let _ = db
-        .batch_execute(&format!(
-            "DROP TABLE public.tickets; DROP ROLE IF EXISTS {role}"
-        ))
-        .await;
-    Ok(())
+    clean_up(&env, &role).await
 }
