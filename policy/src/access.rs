@@ -613,7 +613,8 @@ impl Resolver<'_> {
     /// table prints as `(`, its query, `)`, whatever stands around it. `None` unless
     /// every placeholder occurs exactly once in `printed`: once is the placeholder
     /// itself, so nothing in the client's text (a literal, an identifier, a comment
-    /// would not print) can stand in for one.
+    /// would not print) can stand in for one. The printed form of a placeholder not
+    /// handed out is left as it is.
     ///
     /// Why the spliced text means the spliced tree without parsing it again: the
     /// printed statement parses back to its tree (as analysed, or checked again after
@@ -624,29 +625,39 @@ impl Resolver<'_> {
     /// `prints_as_parsed`), so the spliced text parses back to the statement with the
     /// views in place.
     pub(crate) fn splice(&self, printed: &str) -> Option<String> {
-        let mut found = Vec::with_capacity(self.views.len());
-        for (name, text) in &self.views {
-            let needle = format!("(SELECT {name})");
-            let at = printed.find(&needle)?;
-            if printed[at + 1..].contains(&needle) {
+        static OPENING: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let opening = OPENING.get_or_init(|| format!("(SELECT {}", placeholder_prefix()));
+        let extra: usize = self.views.iter().map(|(_, text)| text.len() + 2).sum();
+        let mut spliced = String::with_capacity(printed.len() + extra);
+        let mut seen = vec![false; self.views.len()];
+        let mut rest = printed;
+        // One pass over the text; what reads as no placeholder handed out stays as it is.
+        while let Some(at) = rest.find(opening.as_str()) {
+            let after = rest.get(at + opening.len()..)?;
+            let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+            let index = after
+                .get(..digits)
+                .and_then(|digits| digits.parse::<usize>().ok())
+                .filter(|&index| index < self.views.len())
+                .filter(|_| after.as_bytes().get(digits) == Some(&b')'));
+            let Some(index) = index else {
+                spliced.push_str(rest.get(..at + opening.len())?);
+                rest = after;
+                continue;
+            };
+            let seen = seen.get_mut(index)?;
+            if std::mem::replace(seen, true) {
                 return None;
             }
-            found.push((at, needle.len(), text));
-        }
-        found.sort_by_key(|(at, ..)| *at);
-        let extra: usize = found.iter().map(|(_, _, text)| text.len() + 2).sum();
-        let mut spliced = String::with_capacity(printed.len() + extra);
-        let mut copied = 0;
-        for (at, len, text) in found {
-            // Placeholders cannot overlap: each starts with the only `(` it holds.
-            spliced.push_str(printed.get(copied..at)?);
+            let (_, text) = self.views.get(index)?;
+            spliced.push_str(rest.get(..at)?);
             spliced.push('(');
             spliced.push_str(text);
             spliced.push(')');
-            copied = at + len;
+            rest = after.get(digits + 1..)?;
         }
-        spliced.push_str(printed.get(copied..)?);
-        Some(spliced)
+        spliced.push_str(rest);
+        seen.iter().all(|&seen| seen).then_some(spliced)
     }
 }
 
@@ -981,9 +992,30 @@ mod tests {
         let needle = format!("(SELECT {}0)", placeholder_prefix());
         assert_eq!(resolver.splice("SELECT 2"), None);
         assert_eq!(resolver.splice(&format!("{needle} {needle}")), None);
+        let prefix = placeholder_prefix();
+        // The form of a placeholder not handed out is not one: it stays as written.
+        for stray in [
+            format!("(SELECT {prefix}1)"),
+            format!("(SELECT {prefix})"),
+            format!("(SELECT {prefix}0x)"),
+        ] {
+            assert_eq!(
+                resolver.splice(&format!("{stray} {needle} {stray}")),
+                Some(format!("{stray} (SELECT 1) {stray}")),
+                "{stray}"
+            );
+        }
         assert_eq!(
             resolver.splice(&format!("SELECT * FROM {needle} AS t")),
             Some("SELECT * FROM (SELECT 1) AS t".to_string())
+        );
+        // Placeholders splice wherever they stand, in any order.
+        let second: Arc<str> = Arc::from("SELECT 2");
+        assert!(resolver.placeholder(&second).is_some());
+        let other = format!("(SELECT {prefix}1)");
+        assert_eq!(
+            resolver.splice(&format!("SELECT * FROM {other} a, {needle} b")),
+            Some("SELECT * FROM (SELECT 2) a, (SELECT 1) b".to_string())
         );
     }
 

@@ -217,10 +217,16 @@ pub(crate) fn analyze(sql: &str) -> Analysis {
 }
 
 fn outcome(sql: &str) -> Outcome {
+    // The text the trees are parsed from: the client's, or a TABLE command's wrapping.
+    let mut source = std::borrow::Cow::Borrowed(sql);
     let parsed = parse_keeping_tokens(sql).or_else(|failure| {
-        table_command(sql)
-            .and_then(|wrapped| parse_keeping_tokens(&wrapped).ok())
-            .ok_or(failure)
+        // A wrapping that does not parse either is refused with the client's own error.
+        let Some(wrapped) = table_command(sql) else {
+            return Err(failure);
+        };
+        let parsed = parse_keeping_tokens(&wrapped).map_err(|_| failure)?;
+        source = std::borrow::Cow::Owned(wrapped);
+        Ok(parsed)
     });
     let (statements, tokens) = match parsed {
         Ok(parsed) => parsed,
@@ -259,8 +265,10 @@ fn outcome(sql: &str) -> Outcome {
     // The forwarded text must mean what was checked. If sqlparser's own reading of its
     // output differs from the tree that was checked, its printer lost or changed
     // something: refuse rather than forward a statement nobody analysed. Where the
-    // output reads as the client's own tokens, that alone proves it (see `reading`).
-    let faithful = reading::same(&tokens, &text)
+    // output is the client's own text, or reads as its tokens, that alone proves it
+    // (see `reading`).
+    let faithful = reading::same_text(&source, &text)
+        || reading::same(&tokens, &text)
         || parse(&text).is_ok_and(|reparsed| {
             reparsed.len() == analyzed.len()
                 && reparsed

@@ -30,6 +30,16 @@ use sqlparser::tokenizer::{Token, TokenWithSpan, Whitespace};
 
 use super::tokenize;
 
+/// Whether the client's `text` is `printed` itself, give or take leading ASCII
+/// whitespace and trailing ASCII whitespace and semicolons, which end no statement:
+/// then it proves `printed` without tokenizing it.
+pub(super) fn same_text(text: &str, printed: &str) -> bool {
+    const SPACE: [char; 4] = [' ', '\t', '\n', '\r'];
+    text.trim_start_matches(SPACE)
+        .trim_end_matches([' ', '\t', '\n', '\r', ';'])
+        == printed
+}
+
 /// Whether `printed` reads as the same tokens as `parsed` (the tokens the trees were
 /// parsed from), which proves that `printed` parses to the same trees. `false` means
 /// "not proven here", never "different".
@@ -110,6 +120,26 @@ mod tests {
             "/* sqlcommenter: route='x' */ SELECT id, name FROM customers WHERE id = $1",
         ] {
             assert!(proves(original, printed), "{original:?}");
+        }
+    }
+
+    #[test]
+    fn the_printed_text_itself_needs_no_tokens() {
+        let printed = "SELECT id FROM t WHERE a = $1";
+        for text in [
+            printed,
+            "  SELECT id FROM t WHERE a = $1;\n",
+            "\tSELECT id FROM t WHERE a = $1 ; ;",
+        ] {
+            assert!(super::same_text(text, printed), "{text:?}");
+        }
+        for text in [
+            "SELECT id FROM t WHERE a = $1 -- x",
+            "SELECT id FROM t WHERE a = $1\u{a0}",
+            "select id FROM t WHERE a = $1",
+            "SELECT id FROM t WHERE a = $1; SELECT 1",
+        ] {
+            assert!(!super::same_text(text, printed), "{text:?}");
         }
     }
 
