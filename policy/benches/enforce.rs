@@ -3,8 +3,11 @@
 //! masks on customers and orders) and of `admin` (everything open), on a cache hit
 //! (the same text again), on a miss (a text the engine has not seen: a new comment
 //! each time, so parse, classification, grants check, rewrite and both round trips
-//! run; the identity's grants and views are warm, as in a running proxy), and on a
-//! cold identity (a fresh engine: casbin evaluated, views built).
+//! run; the identity's grants and views are warm, as in a running proxy), on a miss
+//! of a text in the form the proxy prints it (`miss_plain`: `select_customer` with a new
+//! table alias each time, so no comment and no cache helps, as for an ORM's or a
+//! driver's new statement), and on a cold identity (a fresh engine: casbin evaluated,
+//! views built).
 //!
 //! ```text
 //! cargo bench -p portcullis-policy --bench enforce -- --quick
@@ -88,6 +91,21 @@ fn bench(c: &mut Criterion) {
                     BatchSize::SmallInput,
                 )
             });
+            if *name == "select_customer" {
+                let mut n = 0u64;
+                c.bench_function(&format!("enforce/{who}/{name}/miss_plain"), |b| {
+                    b.iter_batched(
+                        || {
+                            n += 1;
+                            format!(
+                                "SELECT c{n}.id, c{n}.name, c{n}.email, c{n}.ssn, c{n}.card_number FROM customers AS c{n} WHERE c{n}.id = $1"
+                            )
+                        },
+                        |text| black_box(engine.decide(&policy, &catalog, identity, &text)),
+                        BatchSize::SmallInput,
+                    )
+                });
+            }
             c.bench_function(&format!("enforce/{who}/{name}/cold"), |b| {
                 b.iter_batched(
                     Engine::default,
