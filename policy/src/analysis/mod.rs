@@ -291,33 +291,28 @@ fn outcome(sql: &str) -> Outcome {
 
 /// A `TABLE name` command, which sqlparser reads only inside a query (`(TABLE t)`,
 /// `... UNION TABLE t`), not as a statement of its own: the text in parentheses, which
-/// PostgreSQL reads as the same statement. `None` unless the text is one statement
-/// (semicolons only at its end) starting with `TABLE`. The line break keeps the closing
-/// parenthesis out of a trailing `--` comment.
+/// PostgreSQL reads as the same statement. `None` unless the text starts with `TABLE`;
+/// a text of several statements (a semicolon before its end) wraps into one that does
+/// not parse. The line break keeps the closing parenthesis out of a trailing `--`
+/// comment.
 fn table_command(sql: &str) -> Option<String> {
     use sqlparser::keywords::Keyword;
     use sqlparser::tokenizer::Token;
     let tokens = tokenize(sql).ok()?;
-    let mut significant = tokens
+    let first = tokens
         .iter()
         .map(|token| &token.token)
-        .filter(|token| !matches!(token, Token::Whitespace(_) | Token::EOF));
-    if !matches!(significant.next(), Some(Token::Word(word)) if word.keyword == Keyword::TABLE) {
+        .find(|token| !matches!(token, Token::Whitespace(_) | Token::EOF));
+    if !matches!(first, Some(Token::Word(word)) if word.keyword == Keyword::TABLE) {
         return None;
     }
-    let mut text = sql;
-    if significant.any(|token| matches!(token, Token::SemiColon)) {
-        // Only a final run of semicolons (and whitespace) is cut; anything else after
-        // a semicolon leaves it in, and the wrapped text does not parse.
-        loop {
-            let trimmed = text.trim_end();
-            match trimmed.strip_suffix(';') {
-                Some(shorter) => text = shorter,
-                None => break,
-            }
-        }
-    }
-    Some(format!("({text}\n)"))
+    Some(format!("({}\n)", without_final_semicolons(sql)))
+}
+
+/// `text` without the spaces, tabs, line breaks and semicolons at its end, which end no
+/// statement (characters other scanners might read as part of a token stay).
+fn without_final_semicolons(text: &str) -> &str {
+    text.trim_end_matches([' ', '\t', '\n', '\r', ';'])
 }
 
 /// The statements as the proxy forwards them: printed, joined by `"; "`.

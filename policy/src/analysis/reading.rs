@@ -28,16 +28,13 @@
 
 use sqlparser::tokenizer::{Token, TokenWithSpan, Whitespace};
 
-use super::tokenize;
+use super::{tokenize, without_final_semicolons};
 
 /// Whether the client's `text` is `printed` itself, give or take leading ASCII
 /// whitespace and trailing ASCII whitespace and semicolons, which end no statement:
 /// then it proves `printed` without tokenizing it.
 pub(super) fn same_text(text: &str, printed: &str) -> bool {
-    const SPACE: [char; 4] = [' ', '\t', '\n', '\r'];
-    text.trim_start_matches(SPACE)
-        .trim_end_matches([' ', '\t', '\n', '\r', ';'])
-        == printed
+    without_final_semicolons(text.trim_start_matches([' ', '\t', '\n', '\r'])) == printed
 }
 
 /// Whether `printed` reads as the same tokens as `parsed` (the tokens the trees were
