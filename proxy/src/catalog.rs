@@ -27,7 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::{info, warn};
 
 use crate::config::{CatalogConfig, UpstreamConfig};
-use crate::pg::error::field;
+use crate::pg::error::field_text;
 use crate::pg::messages::{DecodeError, data_row, query, row_description};
 use crate::pg::{FrameError, Framer, RawMessage};
 use crate::upstream::{Connector, UpstreamError};
@@ -429,12 +429,7 @@ fn required(value: Option<&str>, column: &str) -> Result<String, CatalogError> {
 }
 
 fn server_error(body: &[u8]) -> CatalogError {
-    let text = |code| {
-        field(body, code)
-            .map(String::from_utf8_lossy)
-            .unwrap_or_default()
-            .into_owned()
-    };
+    let text = |code| field_text(body, code);
     CatalogError::Query {
         code: text(b'C'),
         message: text(b'M'),

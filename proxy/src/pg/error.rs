@@ -121,7 +121,8 @@ impl PgError {
     }
 }
 
-/// Reads the SQLSTATE (`C` field) of an ErrorResponse or NoticeResponse body.
+/// Reads one field (`C` SQLSTATE, `M` message, ...) of an ErrorResponse or
+/// NoticeResponse body.
 pub fn field(body: &[u8], wanted: u8) -> Option<&[u8]> {
     let mut rest = body;
     while let Some((&code, tail)) = rest.split_first() {
@@ -135,6 +136,15 @@ pub fn field(body: &[u8], wanted: u8) -> Option<&[u8]> {
         rest = tail.get(end + 1..)?;
     }
     None
+}
+
+/// A field of an ErrorResponse or NoticeResponse body as text, for logs: empty when
+/// missing, invalid UTF-8 replaced.
+pub fn field_text(body: &[u8], wanted: u8) -> String {
+    field(body, wanted)
+        .map(String::from_utf8_lossy)
+        .unwrap_or_default()
+        .into_owned()
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use tokio::io::AsyncWriteExt;
 use tracing::{debug, warn};
 
 use super::SessionError;
-use crate::pg::error::{field, sqlstate};
+use crate::pg::error::{field_text, sqlstate};
 use crate::pg::messages::query;
 use crate::pg::{Framer, PgError};
 use crate::server::Shared;
@@ -176,12 +176,7 @@ async fn read_answer(upstream: &mut Upstream) -> Result<Option<(String, String)>
         match msg.tag {
             b'E' => {
                 let body = msg.body();
-                let text = |code| {
-                    field(body, code)
-                        .map(String::from_utf8_lossy)
-                        .unwrap_or_default()
-                        .into_owned()
-                };
+                let text = |code| field_text(body, code);
                 error = Some((text(b'C'), text(b'M')));
             }
             // A reported setting changed: the client's greeting carries the new value.

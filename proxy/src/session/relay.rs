@@ -35,8 +35,8 @@ use super::SessionError;
 use super::audit::{SessionAudit, StatementAudit};
 use super::auth::Authenticated;
 use super::native;
-use crate::pg::error::field;
 use crate::pg::error::sqlstate;
+use crate::pg::error::{field, field_text};
 use crate::pg::messages::{self, DecodeError};
 use crate::pg::scan::{BackendScanner, Piece, command_tag};
 use crate::pg::{Framer, PgError, RawMessage};
@@ -736,12 +736,7 @@ impl Backend<'_> {
             }
             Piece::Message { tag: b'E', raw } => {
                 let body = raw.get(5..).unwrap_or_default();
-                let text = |code| {
-                    field(body, code)
-                        .map(String::from_utf8_lossy)
-                        .unwrap_or_default()
-                        .into_owned()
-                };
+                let text = |code| field_text(body, code);
                 warn!(
                     code = %text(b'C'),
                     message = %text(b'M'),
