@@ -38,9 +38,10 @@ use std::io::{Read, Seek, SeekFrom};
 use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use portcullis_audit::event::{
     AuditEvent, ClientInfo, DecisionInfo, EventId, EventKind, Outcome, StatementInfo, Timestamp,
     TouchedColumn, TouchedTable,
@@ -161,6 +162,24 @@ fn seal(c: &mut Criterion) {
             b.iter(|| chainer.seal(black_box(&mut event)).unwrap())
         });
     }
+    // Every event with its own statement and decision (a simple-protocol statement,
+    // described anew each time; the session's parts are still shared), as against the
+    // cases above, where the statement is the same `Arc` each time (executions of a
+    // prepared statement).
+    let mut chainer = Chainer::new("px-bench", None);
+    let template = statement_event();
+    g.bench_function("sha256_new_statement", |b| {
+        b.iter_batched_ref(
+            || {
+                let mut e = template.clone();
+                e.statement = e.statement.as_deref().cloned().map(Arc::new);
+                e.decision = e.decision.as_deref().cloned().map(Arc::new);
+                e
+            },
+            |event| chainer.seal(black_box(event)).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
     g.finish();
 }
 

@@ -26,7 +26,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::event::AuditEvent;
-use crate::{AuditError, canonical, hex};
+use crate::{AuditError, canonical, push_hex};
 
 /// Prefix of an unkeyed hash.
 pub const SHA256_PREFIX: &str = "sha256:";
@@ -150,7 +150,7 @@ impl Chainer {
         event.prev_hash.clone_from(&self.prev_hash);
         event.hash.clear();
         let key = self.key.as_ref().map(|k| k.as_slice());
-        let (hash, line) = if self.canonical.write(&*event).is_ok() {
+        let (hash, line) = if self.canonical.write_event(event).is_ok() {
             let hash = digest(self.canonical.bytes(), key)?;
             // The canonical form with the hash in its (empty) `hash` member is the
             // canonical form of the sealed event: the native line.
@@ -192,16 +192,20 @@ pub fn hash_value(event: &Value, key: Option<&[u8]>) -> Result<String, AuditErro
 
 /// `sha256:<hex>` of `bytes`, or `hmac-sha256:<hex>` with `key`.
 fn digest(bytes: &[u8], key: Option<&[u8]>) -> Result<String, AuditError> {
-    Ok(match key {
+    let (prefix, sum): (&str, [u8; 32]) = match key {
         Some(key) => {
             // HMAC accepts keys of any length; the error arm is unreachable.
             let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key)
                 .map_err(|_| AuditError::Config("invalid HMAC key".into()))?;
             mac.update(bytes);
-            format!("{HMAC_PREFIX}{}", hex(&mac.finalize().into_bytes()))
+            (HMAC_PREFIX, mac.finalize().into_bytes().into())
         }
-        None => format!("{SHA256_PREFIX}{}", hex(&Sha256::digest(bytes))),
-    })
+        None => (SHA256_PREFIX, Sha256::digest(bytes).into()),
+    };
+    let mut hash = String::with_capacity(prefix.len() + 2 * sum.len());
+    hash.push_str(prefix);
+    push_hex(&mut hash, &sum);
+    Ok(hash)
 }
 
 #[cfg(test)]

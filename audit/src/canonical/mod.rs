@@ -13,6 +13,10 @@
 //!   reproduce exactly (floats, integers beyond 64 bits, non-string map keys other than
 //!   integers, duplicate keys) with [`Unsupported`], so that the caller can fall back
 //!   to `write_value`; it never writes something different.
+//! - [`Writer::write_event`] writes an [`AuditEvent`](crate::event::AuditEvent) field
+//!   by field and copies the canonical forms of the parts it shares with earlier events
+//!   (session, statement, decision) instead of writing them again (module `event`).
+//!   The hash chain seals with it.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -22,6 +26,9 @@ use serde::ser::{self, Impossible};
 use serde_json::Value;
 
 use crate::AuditError;
+
+mod event;
+use event::Fragments;
 
 /// Writes `v` as canonical JSON.
 pub(crate) fn write_value(v: &Value, out: &mut Vec<u8>) -> Result<(), AuditError> {
@@ -70,6 +77,8 @@ pub(crate) fn write<T: Serialize + ?Sized>(v: &T, out: &mut Vec<u8>) -> Result<(
 #[derive(Debug, Default)]
 pub(crate) struct Writer {
     st: State,
+    /// The canonical forms of recent events' shared parts, for [`Writer::write_event`].
+    fragments: Fragments,
 }
 
 impl Writer {
@@ -101,6 +110,7 @@ impl Writer {
     pub(crate) fn with_hash(&self, hash: &str) -> Option<Vec<u8>> {
         let at = self.st.hash_slot?;
         let out = &self.st.out;
+        // One byte more: the sealer ends the line with a newline.
         let mut line = Vec::with_capacity(out.len() + hash.len() + 1);
         line.extend_from_slice(&out[..at]);
         line.extend_from_slice(hash.as_bytes());
