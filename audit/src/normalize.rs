@@ -157,7 +157,8 @@ fn emit(b: &[u8], tokens: &[Token]) -> Normalized {
         Other,
     }
     let mut text = Vec::with_capacity(b.len());
-    let mut hasher = Sha256::new();
+    // What the fingerprint hashes: each token (words in ASCII lower case) and a space.
+    let mut hashed = Vec::with_capacity(b.len() + tokens.len());
     let mut last = Last::None;
     for t in tokens {
         let tok = t.bytes(b);
@@ -169,11 +170,11 @@ fn emit(b: &[u8], tokens: &[Token]) -> Normalized {
         }
         text.extend_from_slice(tok);
         if t.kind == Kind::Word {
-            hasher.update(tok.to_ascii_lowercase());
+            hashed.extend(tok.iter().map(u8::to_ascii_lowercase));
         } else {
-            hasher.update(tok);
+            hashed.extend_from_slice(tok);
         }
-        hasher.update(b" ");
+        hashed.push(b' ');
         last = if t.kind == Kind::Marker {
             Last::Marker
         } else if verbatim && matches!(tok, b"(" | b"[") {
@@ -182,7 +183,7 @@ fn emit(b: &[u8], tokens: &[Token]) -> Normalized {
             Last::Other
         };
     }
-    let digest = hasher.finalize();
+    let digest = Sha256::digest(&hashed);
     let text = String::from_utf8(text)
         .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
     Normalized {

@@ -16,13 +16,17 @@ use portcullis_audit::event::{
     StatementInfo, Timestamp, TouchedColumn, TouchedTable,
 };
 use portcullis_audit::pipeline::Auditor;
-use portcullis_policy::{Identity, TouchedRelation};
+use portcullis_policy::{Identity, Touched, TouchedRelation};
 
 use super::handshake::TlsInfo;
 
 /// Prepared statements remembered per session; beyond this the oldest are forgotten
 /// (their executions are then audited without text, never silently skipped).
 const MAX_STATEMENTS: usize = 10_000;
+
+/// Statement descriptions a session keeps for reuse ([`SessionAudit::describe`]);
+/// when full, they are all dropped and the next statements are described anew.
+const MAX_DESCRIBED: usize = 128;
 
 /// What the audit trail knows about one analysed statement text.
 #[derive(Debug)]
@@ -32,10 +36,22 @@ pub struct StatementAudit {
     decision: Arc<DecisionInfo>,
 }
 
+/// A description kept for reuse, with what it was made from.
+struct Described {
+    touched: Touched,
+    classes: Vec<String>,
+    stmt: Arc<StatementAudit>,
+}
+
 /// Per-session audit state.
 pub struct SessionAudit {
     auditor: Auditor,
     base: AuditEvent,
+    /// Descriptions by normalized text: the executions of one statement shape (a
+    /// simple-protocol statement sent again with other literals, an extended-protocol
+    /// statement parsed again) share one `StatementAudit`, so that it is built once
+    /// and the sealer copies its canonical form instead of writing it again.
+    described: HashMap<String, Described>,
     statements: HashMap<String, Arc<StatementAudit>>,
     portals: HashMap<String, Arc<StatementAudit>>,
     totals: SessionTotals,
@@ -124,6 +140,7 @@ impl SessionAudit {
         Self {
             auditor,
             base,
+            described: HashMap::new(),
             statements: HashMap::new(),
             portals: HashMap::new(),
             totals: SessionTotals::default(),
@@ -138,14 +155,58 @@ impl SessionAudit {
 
     /// Describes a statement text, what it touched and its decision; with
     /// `full_text` the client's own text is kept too (`[audit] full_statement_text`).
+    ///
+    /// A description made earlier in the session for the same normalized text, the
+    /// same fingerprint, decision, statement classes and touched relations is the same
+    /// description, and is returned instead of a new one. With `full_text` each text
+    /// is described on its own.
     pub fn describe(
+        &mut self,
         sql: &str,
         decision: DecisionInfo,
         classes: &[&str],
-        touched: &[TouchedRelation],
+        touched: Touched,
         full_text: bool,
     ) -> Arc<StatementAudit> {
-        let mut info = StatementInfo::from_sql(sql);
+        let info = StatementInfo::from_sql(sql);
+        if full_text {
+            return Self::describe_anew(info.with_full_text(sql), decision, classes, &touched);
+        }
+        if let Some(known) = self.described.get(&info.text) {
+            let same = known.stmt.info.fingerprint == info.fingerprint
+                && *known.stmt.decision == decision
+                && known
+                    .classes
+                    .iter()
+                    .map(String::as_str)
+                    .eq(classes.iter().copied())
+                && (Arc::ptr_eq(&known.touched, &touched) || known.touched == touched);
+            if same {
+                return Arc::clone(&known.stmt);
+            }
+        }
+        if self.described.len() >= MAX_DESCRIBED {
+            self.described.clear();
+        }
+        let key = info.text.clone();
+        let stmt = Self::describe_anew(info, decision, classes, &touched);
+        self.described.insert(
+            key,
+            Described {
+                touched,
+                classes: classes.iter().map(|c| (*c).to_owned()).collect(),
+                stmt: Arc::clone(&stmt),
+            },
+        );
+        stmt
+    }
+
+    fn describe_anew(
+        mut info: StatementInfo,
+        decision: DecisionInfo,
+        classes: &[&str],
+        touched: &[TouchedRelation],
+    ) -> Arc<StatementAudit> {
         for class in classes {
             info = info.with_class(*class);
         }
@@ -162,9 +223,6 @@ impl SessionAudit {
                     })
                     .collect(),
             });
-        }
-        if full_text {
-            info = info.with_full_text(sql);
         }
         Arc::new(StatementAudit {
             info: Arc::new(info),
@@ -246,5 +304,112 @@ impl SessionAudit {
         let mut totals = self.totals;
         totals.duration_us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.event(EventKind::SessionEnd).with_totals(totals)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_audit::pipeline::{AuditConfig, FileSettings, SinkConfig, SinkKind};
+    use portcullis_policy::TouchedColumn as PolicyColumn;
+    use tokio_util::sync::CancellationToken;
+
+    fn touched(column: &str) -> Touched {
+        Arc::from([TouchedRelation {
+            name: "public.customers".into(),
+            written: false,
+            columns: vec![PolicyColumn {
+                name: column.into(),
+                class: Some("pii.email".into()),
+            }],
+        }])
+    }
+
+    fn allowed(version: &str) -> DecisionInfo {
+        DecisionInfo::new(Outcome::Rewritten)
+            .with_rule("rewrite")
+            .with_policy_version(version)
+    }
+
+    /// Texts that differ only in their literals share one description; a change of
+    /// decision, classes, touched columns or shape, or a full-text audit, does not.
+    #[tokio::test]
+    async fn statement_shapes_share_one_description() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = SinkConfig::new("local", SinkKind::File);
+        sink.file = Some(FileSettings {
+            path: dir.path().join("audit.jsonl"),
+            max_bytes: 0,
+            retain_count: None,
+            retain_age_secs: None,
+        });
+        let config = AuditConfig {
+            instance: "px-describe".into(),
+            state_dir: dir.path().join("state"),
+            sinks: vec![sink],
+            ..AuditConfig::default()
+        };
+        let stop = CancellationToken::new();
+        let (auditor, task) = Auditor::start(&config, stop.clone()).unwrap();
+        let ctx = SessionContext {
+            session_id: "s-1",
+            peer: "127.0.0.1:5000".parse().unwrap(),
+            tls: None,
+            database: Some("shop"),
+            application_name: None,
+        };
+        let identity = Identity::new("support_acme", ["support"]);
+        let mut audit = SessionAudit::new(auditor, &ctx, &identity);
+
+        let email = touched("email");
+        let sql = |id: u32| format!("SELECT email FROM customers WHERE id = {id}");
+        let first = audit.describe(&sql(1), allowed("v1"), &["read"], Arc::clone(&email), false);
+        assert_eq!(first.info.text, "SELECT email FROM customers WHERE id = ?");
+        assert_eq!(first.info.tables[0].columns[0].classes, ["pii.email"]);
+        // Another literal, and touched relations equal but not the same Arc.
+        let again = audit.describe(&sql(2), allowed("v1"), &["read"], touched("email"), false);
+        assert!(Arc::ptr_eq(&first, &again));
+
+        let differing = [
+            audit.describe(&sql(3), allowed("v2"), &["read"], Arc::clone(&email), false),
+            audit.describe(
+                &sql(3),
+                allowed("v1"),
+                &["write"],
+                Arc::clone(&email),
+                false,
+            ),
+            audit.describe(&sql(3), allowed("v1"), &["read"], touched("name"), false),
+            audit.describe(
+                "SELECT email FROM customers WHERE id > 3",
+                allowed("v1"),
+                &["read"],
+                Arc::clone(&email),
+                false,
+            ),
+            audit.describe(&sql(3), allowed("v1"), &["read"], Arc::clone(&email), true),
+        ];
+        for (i, other) in differing.iter().enumerate() {
+            assert!(
+                !Arc::ptr_eq(&first, other),
+                "case {i} reused the first description"
+            );
+        }
+        assert_eq!(differing[0].decision.policy_version.as_deref(), Some("v2"));
+        assert_eq!(differing[1].info.class, ["write"]);
+        assert_eq!(differing[2].info.tables[0].columns[0].name, "name");
+        assert_eq!(
+            differing[4].info.full_text.as_deref(),
+            Some(sql(3).as_str())
+        );
+
+        // The table is bounded: beyond it, descriptions are made anew, not lost.
+        for id in 0..(2 * MAX_DESCRIBED) {
+            let text = format!("SELECT email FROM customers AS c{id} WHERE id = {id}");
+            audit.describe(&text, allowed("v1"), &["read"], Arc::clone(&email), false);
+            assert!(audit.described.len() <= MAX_DESCRIBED);
+        }
+        stop.cancel();
+        task.await.unwrap();
     }
 }

@@ -372,7 +372,7 @@ impl Frontend<'_> {
 
     /// Asks the policy: the text to forward or the client's error, and (when auditing)
     /// what the audit trail records about the statement.
-    fn decide(&self, sql: &str) -> (Result<Arc<str>, PgError>, Option<Arc<StatementAudit>>) {
+    fn decide(&mut self, sql: &str) -> (Result<Arc<str>, PgError>, Option<Arc<StatementAudit>>) {
         let policy = self.shared.policy.load();
         let auditing = self.audit.is_some();
         if auditing {
@@ -392,9 +392,11 @@ impl Frontend<'_> {
             .audit
             .as_deref()
             .is_some_and(|audit| audit.auditor().full_statement_text());
-        let describe = |decision: DecisionInfo, classes: &[&str]| {
-            let touched = self.shared.engine.touched(&policy, &catalog, sql);
-            SessionAudit::describe(sql, decision, classes, &touched, full_text)
+        let shared = self.shared;
+        let mut describe = |decision: DecisionInfo, classes: &[&str]| {
+            let audit = self.audit.as_deref_mut()?;
+            let touched = shared.engine.touched(&policy, &catalog, sql);
+            Some(audit.describe(sql, decision, classes, touched, full_text))
         };
         match self
             .shared
@@ -417,24 +419,26 @@ impl Frontend<'_> {
                 if *forward != *sql {
                     self.state.lock().open_rewritten = true;
                 }
-                let stmt = auditing.then(|| {
-                    let outcome = if rewritten {
-                        Outcome::Rewritten
-                    } else {
-                        Outcome::Allowed
-                    };
-                    let decision = DecisionInfo::new(outcome)
-                        .with_rule(if passthrough {
-                            "unparsed_passthrough"
-                        } else if rewritten {
-                            "rewrite"
+                let stmt = auditing
+                    .then(|| {
+                        let outcome = if rewritten {
+                            Outcome::Rewritten
                         } else {
-                            "allow"
-                        })
-                        .with_policy_version(policy.version());
-                    let classes: Vec<&str> = classes.iter().map(|c| c.as_str()).collect();
-                    describe(decision, &classes)
-                });
+                            Outcome::Allowed
+                        };
+                        let decision = DecisionInfo::new(outcome)
+                            .with_rule(if passthrough {
+                                "unparsed_passthrough"
+                            } else if rewritten {
+                                "rewrite"
+                            } else {
+                                "allow"
+                            })
+                            .with_policy_version(policy.version());
+                        let classes: Vec<&str> = classes.iter().map(|c| c.as_str()).collect();
+                        describe(decision, &classes)
+                    })
+                    .flatten();
                 (Ok(forward), stmt)
             }
             Decision::Deny(denial) => {
@@ -451,12 +455,14 @@ impl Frontend<'_> {
                     policy_version = policy.version(),
                     "statement denied"
                 );
-                let stmt = auditing.then(|| {
-                    let decision = DecisionInfo::new(Outcome::Denied)
-                        .with_rule(denial.rule.clone())
-                        .with_policy_version(policy.version());
-                    describe(decision, &[])
-                });
+                let stmt = auditing
+                    .then(|| {
+                        let decision = DecisionInfo::new(Outcome::Denied)
+                            .with_rule(denial.rule.clone())
+                            .with_policy_version(policy.version());
+                        describe(decision, &[])
+                    })
+                    .flatten();
                 (Err(PgError::error(denial.sqlstate, denial.message)), stmt)
             }
         }
