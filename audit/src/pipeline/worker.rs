@@ -150,8 +150,7 @@ impl Worker {
             }
             let mut events = Vec::new();
             let closed = self.fill(&mut events).await;
-            let batch = self.encode(&events);
-            drop(events);
+            let batch = self.encode(events);
             if !batch.is_empty() {
                 self.deliver_or_spool(batch).await;
             }
@@ -223,11 +222,16 @@ impl Worker {
     }
 
     /// Encodes `events` in the sink's format, one record each.
-    fn encode(&mut self, events: &[Arc<Sealed>]) -> Vec<Vec<u8>> {
+    fn encode(&mut self, events: Vec<Arc<Sealed>>) -> Vec<Vec<u8>> {
         let mut batch = Vec::with_capacity(events.len());
         for e in events {
             if self.settings.format == Format::Json {
-                batch.push(e.json.clone());
+                // The sealed line is the record: taken when this worker holds the
+                // event alone (the only sink it was routed to), copied otherwise.
+                batch.push(match Arc::try_unwrap(e) {
+                    Ok(sealed) => sealed.json,
+                    Err(shared) => shared.json.clone(),
+                });
                 continue;
             }
             let mut record = Vec::with_capacity(self.record_hint + self.record_hint / 8);

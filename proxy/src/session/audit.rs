@@ -54,6 +54,10 @@ pub struct SessionAudit {
     described: HashMap<String, Described>,
     statements: HashMap<String, Arc<StatementAudit>>,
     portals: HashMap<String, Arc<StatementAudit>>,
+    /// The unnamed statement and portal, which most clients use for everything: kept
+    /// apart from the named ones so that they cost no hashing.
+    unnamed_statement: Option<Arc<StatementAudit>>,
+    unnamed_portal: Option<Arc<StatementAudit>>,
     totals: SessionTotals,
     started: std::time::Instant,
 }
@@ -143,6 +147,8 @@ impl SessionAudit {
             described: HashMap::new(),
             statements: HashMap::new(),
             portals: HashMap::new(),
+            unnamed_statement: None,
+            unnamed_portal: None,
             totals: SessionTotals::default(),
             started: std::time::Instant::now(),
         }
@@ -249,6 +255,10 @@ impl SessionAudit {
 
     /// Remembers a prepared statement (the unnamed one is simply replaced).
     pub fn on_parse(&mut self, name: &str, stmt: Arc<StatementAudit>) {
+        if name.is_empty() {
+            self.unnamed_statement = Some(stmt);
+            return;
+        }
         if self.statements.len() >= MAX_STATEMENTS && !self.statements.contains_key(name) {
             if let Some(victim) = self.statements.keys().next().cloned() {
                 self.statements.remove(&victim);
@@ -259,12 +269,21 @@ impl SessionAudit {
 
     /// Binds a portal to a prepared statement.
     pub fn on_bind(&mut self, portal: &str, statement: &str) {
+        let stmt = if statement.is_empty() {
+            self.unnamed_statement.clone()
+        } else {
+            self.statements.get(statement).cloned()
+        };
+        if portal.is_empty() {
+            self.unnamed_portal = stmt;
+            return;
+        }
         if self.portals.len() >= MAX_STATEMENTS && !self.portals.contains_key(portal) {
             self.portals.clear();
         }
-        match self.statements.get(statement) {
+        match stmt {
             Some(stmt) => {
-                self.portals.insert(portal.to_owned(), Arc::clone(stmt));
+                self.portals.insert(portal.to_owned(), stmt);
             }
             None => {
                 self.portals.remove(portal);
@@ -274,7 +293,12 @@ impl SessionAudit {
 
     /// The event for executing `portal`.
     pub fn on_execute(&mut self, portal: &str) -> AuditEvent {
-        match self.portals.get(portal).cloned() {
+        let stmt = if portal.is_empty() {
+            self.unnamed_portal.clone()
+        } else {
+            self.portals.get(portal).cloned()
+        };
+        match stmt {
             Some(stmt) => self.statement_event(&stmt),
             None => {
                 // A portal of a statement the proxy no longer remembers: still audited.
@@ -331,10 +355,12 @@ mod tests {
             .with_policy_version(version)
     }
 
-    /// Texts that differ only in their literals share one description; a change of
-    /// decision, classes, touched columns or shape, or a full-text audit, does not.
-    #[tokio::test]
-    async fn statement_shapes_share_one_description() {
+    fn session() -> (
+        SessionAudit,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+        tempfile::TempDir,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let mut sink = SinkConfig::new("local", SinkKind::File);
         sink.file = Some(FileSettings {
@@ -359,8 +385,61 @@ mod tests {
             application_name: None,
         };
         let identity = Identity::new("support_acme", ["support"]);
-        let mut audit = SessionAudit::new(auditor, &ctx, &identity);
+        (SessionAudit::new(auditor, &ctx, &identity), stop, task, dir)
+    }
 
+    /// Executions name the statement their portal was bound to: named and unnamed
+    /// statements and portals, rebinding, and a portal of an unknown statement.
+    #[tokio::test]
+    async fn executions_carry_their_statement() {
+        let (mut audit, stop, task, _dir) = session();
+        let email = touched("email");
+        let describe = |audit: &mut SessionAudit, sql: &str| {
+            audit.describe(sql, allowed("v1"), &["read"], Arc::clone(&email), false)
+        };
+        let text = |event: &AuditEvent| event.statement.as_ref().map(|s| s.text.clone());
+        let a = describe(&mut audit, "SELECT 1");
+        let b = describe(&mut audit, "SELECT email FROM customers");
+        audit.on_parse("", Arc::clone(&a));
+        audit.on_parse("named", Arc::clone(&b));
+
+        audit.on_bind("", "");
+        audit.on_bind("p", "named");
+        assert_eq!(text(&audit.on_execute("")).as_deref(), Some("SELECT ?"));
+        assert_eq!(
+            text(&audit.on_execute("p")).as_deref(),
+            Some("SELECT email FROM customers")
+        );
+        // Rebinding the unnamed portal, and replacing the unnamed statement.
+        audit.on_bind("", "named");
+        assert_eq!(
+            text(&audit.on_execute("")).as_deref(),
+            Some("SELECT email FROM customers")
+        );
+        let c = describe(&mut audit, "SELECT 2 + 2");
+        audit.on_parse("", c);
+        audit.on_bind("", "");
+        audit.on_bind("q", "");
+        assert_eq!(text(&audit.on_execute("")).as_deref(), Some("SELECT ? + ?"));
+        assert_eq!(
+            text(&audit.on_execute("q")).as_deref(),
+            Some("SELECT ? + ?")
+        );
+        // A statement the session does not know: still an event, without text.
+        audit.on_bind("", "missing");
+        audit.on_bind("p", "missing");
+        for portal in ["", "p", "never-bound"] {
+            assert_eq!(text(&audit.on_execute(portal)).as_deref(), Some(""));
+        }
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    /// Texts that differ only in their literals share one description; a change of
+    /// decision, classes, touched columns or shape, or a full-text audit, does not.
+    #[tokio::test]
+    async fn statement_shapes_share_one_description() {
+        let (mut audit, stop, task, _dir) = session();
         let email = touched("email");
         let sql = |id: u32| format!("SELECT email FROM customers WHERE id = {id}");
         let first = audit.describe(&sql(1), allowed("v1"), &["read"], Arc::clone(&email), false);
