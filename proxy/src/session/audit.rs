@@ -47,7 +47,7 @@ struct Described {
 pub struct SessionAudit {
     auditor: Auditor,
     base: AuditEvent,
-    /// Descriptions by normalized text: the executions of one statement shape (a
+    /// Descriptions by fingerprint: the executions of one statement shape (a
     /// simple-protocol statement sent again with other literals, an extended-protocol
     /// statement parsed again) share one `StatementAudit`, so that it is built once
     /// and the sealer copies its canonical form instead of writing it again.
@@ -178,8 +178,8 @@ impl SessionAudit {
         if full_text {
             return Self::describe_anew(info.with_full_text(sql), decision, classes, &touched);
         }
-        if let Some(known) = self.described.get(&info.text) {
-            let same = known.stmt.info.fingerprint == info.fingerprint
+        if let Some(known) = self.described.get(&info.fingerprint) {
+            let same = known.stmt.info.text == info.text
                 && *known.stmt.decision == decision
                 && known
                     .classes
@@ -194,7 +194,7 @@ impl SessionAudit {
         if self.described.len() >= MAX_DESCRIBED {
             self.described.clear();
         }
-        let key = info.text.clone();
+        let key = info.fingerprint.clone();
         let stmt = Self::describe_anew(info, decision, classes, &touched);
         self.described.insert(
             key,
