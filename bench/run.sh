@@ -33,6 +33,11 @@
 #                      fsynced; its runs are interleaved with the others and a table prints the
 #                      ratios audited/unaudited and audited/direct, CPU per statement, and the
 #                      audit events written per statement (seq delta of the chain; < 1 = loss)
+#   BASELINE_BIN=PATH  add the target "baseline": another Portcullis binary (e.g. a build of the
+#                      previous commit) with the same configuration on its own port, interleaved
+#                      with the others, and a table of this build against it: TPS ratio and the
+#                      CPU per statement of the proxy, PostgreSQL and pgbench behind each. For
+#                      changes smaller than the run-to-run noise of separate runs.
 #
 # Everything runs on 127.0.0.1 on free ports in a temporary directory that is removed on exit
 # (also on Ctrl-C). The machine's own PostgreSQL is not touched.
@@ -67,6 +72,11 @@ case "$AUDIT" in
 1) TARGETS=("${TARGETS[0]}" portcullis audited "${TARGETS[@]:2}") ;;
 *) echo "AUDIT: 0 or 1, not '$AUDIT'" >&2; exit 2 ;;
 esac
+BASELINE_BIN="${BASELINE_BIN:-}"
+if [[ -n "$BASELINE_BIN" ]]; then
+    [[ -x "$BASELINE_BIN" ]] || { echo "BASELINE_BIN: $BASELINE_BIN is not an executable" >&2; exit 2; }
+    TARGETS=("${TARGETS[0]}" portcullis baseline "${TARGETS[@]:2}")
+fi
 CLK_TCK="$(getconf CLK_TCK)"
 
 for m in $MODES; do
@@ -95,13 +105,14 @@ TMP=""
 PG_STARTED=0
 PORTCULLIS_PID=""
 AUDITED_PID=""
+BASELINE_PID=""
 PGBOUNCER_PID=""
 PGBENCH_PID=""
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     [[ -n "$PGBENCH_PID" ]] && kill "$PGBENCH_PID" 2>/dev/null || true
-    for p in "$PORTCULLIS_PID" "$AUDITED_PID"; do
+    for p in "$PORTCULLIS_PID" "$AUDITED_PID" "$BASELINE_PID"; do
         if [[ -n "$p" ]] && kill -0 "$p" 2>/dev/null; then
             kill -TERM "$p" 2>/dev/null || true
             for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
@@ -177,6 +188,7 @@ free_port() {
 PG_PORT="$(free_port)"
 PORTCULLIS_PORT="$(free_port)"
 AUDITED_PORT="$(free_port)"
+BASELINE_PORT="$(free_port)"
 PGBOUNCER_PORT="$(free_port)"
 
 BENCH_PASSWORD="$(openssl rand -hex 16)"
@@ -347,6 +359,20 @@ EOF
         { tail -20 "$TMP/portcullis/portcullis-audited.log" >&2; die "audited Portcullis did not start"; }
 fi
 
+if [[ -n "$BASELINE_BIN" ]]; then
+    # The other build, configured exactly like the first but for its port.
+    sed "s/^address = \"127.0.0.1:$PORTCULLIS_PORT\"\$/address = \"127.0.0.1:$BASELINE_PORT\"/" \
+        "$TMP/portcullis/portcullis.toml" >"$TMP/portcullis/portcullis-baseline.toml"
+    grep -q "127.0.0.1:$BASELINE_PORT" "$TMP/portcullis/portcullis-baseline.toml" ||
+        die "could not derive the baseline proxy's configuration"
+    log "starting baseline Portcullis ($BASELINE_BIN) on 127.0.0.1:$BASELINE_PORT"
+    PORTCULLIS_THREADS="${THREADS:-1}" "$BASELINE_BIN" serve --config "$TMP/portcullis/portcullis-baseline.toml" \
+        >"$TMP/portcullis/portcullis-baseline.log" 2>&1 &
+    BASELINE_PID=$!
+    wait_port "$BASELINE_PORT" baseline "$BASELINE_PID" ||
+        { tail -20 "$TMP/portcullis/portcullis-baseline.log" >&2; die "baseline Portcullis did not start"; }
+fi
+
 # ---------------------------------------------------------------- pgbouncer
 copy_private "$TMP/tls/server.crt" "$TMP/pgbouncer/server.crt"
 copy_private "$TMP/tls/server.key" "$TMP/pgbouncer/server.key"
@@ -389,12 +415,12 @@ wait_port "$PGBOUNCER_PORT" pgbouncer "$PGBOUNCER_PID" ||
 port_of() {
     case "$1" in
     direct) echo "$PG_PORT" ;; portcullis | enforced) echo "$PORTCULLIS_PORT" ;; pgbouncer) echo "$PGBOUNCER_PORT" ;;
-    audited) echo "$AUDITED_PORT" ;;
+    audited) echo "$AUDITED_PORT" ;; baseline) echo "$BASELINE_PORT" ;;
     esac
 }
 pid_of() {
     case "$1" in
-    portcullis | enforced) echo "$PORTCULLIS_PID" ;; audited) echo "$AUDITED_PID" ;;
+    portcullis | enforced) echo "$PORTCULLIS_PID" ;; audited) echo "$AUDITED_PID" ;; baseline) echo "$BASELINE_PID" ;;
     pgbouncer) echo "$PGBOUNCER_PID" ;; *) echo "" ;;
     esac
 }
@@ -402,6 +428,7 @@ log_of() {
     case "$1" in
     direct) echo "$TMP/pg/postgres.log" ;; portcullis | enforced) echo "$TMP/portcullis/portcullis.log" ;;
     pgbouncer) echo "$TMP/pgbouncer/pgbouncer.log" ;; audited) echo "$TMP/portcullis/portcullis-audited.log" ;;
+    baseline) echo "$TMP/portcullis/portcullis-baseline.log" ;;
     esac
 }
 # The chain position (seq) of the last event in the audit file, 0 before the first.
@@ -481,6 +508,7 @@ echo "mode,clients,round,target,status,tps,latency_ms,transactions,failed,cpu_ti
 {
     echo "# bench/run.sh $STAMP: WORKLOAD=$WORKLOAD AUDIT=$AUDIT DURATION=$DURATION ROUNDS=$ROUNDS CLIENTS='$CLIENTS' MODES='$MODES' SCALE=$SCALE"
     echo "# portcullis: $PORTCULLIS_BIN ($("$PORTCULLIS_BIN" --version 2>&1), binary built $(date -r "$PORTCULLIS_BIN" '+%F %T %Z'); tree now at git $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet HEAD 2>/dev/null || echo '+uncommitted changes'))"
+    [[ -z "$BASELINE_BIN" ]] || echo "# baseline: $BASELINE_BIN ($("$BASELINE_BIN" --version 2>&1), binary built $(date -r "$BASELINE_BIN" '+%F %T %Z'))"
     echo "# $("$PG_BINDIR/postgres" --version); $("$PGBOUNCER_BIN" --version | head -1); $(pgbench --version)"
 } >"$OUTLOG"
 
@@ -723,6 +751,47 @@ END {
     }
 }' "$RAW" >>"$TMP/table.txt"
 [[ -s "$AUDIT_SUMMARY" ]] || rm -f "$AUDIT_SUMMARY"
+
+# Baseline (BASELINE_BIN): this build (P) against the other one (X), run for run.
+BASELINE_SUMMARY="$RESULTS_DIR/$STAMP-baseline-summary.csv"
+awk -F, -v summary="$BASELINE_SUMMARY" '
+function median(key,   n, i, j, v, a) {
+    n = cnt[key]
+    if (n == 0) return ""
+    for (i = 1; i <= n; i++) a[i] = vals[key, i]
+    for (i = 2; i <= n; i++) { v = a[i]; for (j = i - 1; j >= 1 && a[j] > v; j--) a[j + 1] = a[j]; a[j + 1] = v }
+    return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+}
+function add(key, v) { if (v != "") { cnt[key]++; vals[key, cnt[key]] = v + 0 } }
+function r(a, b) { return (a != "" && b != "" && b > 0) ? sprintf("%.3f", a / b) : "-" }
+function f(v, fmt) { return v == "" ? "-" : sprintf(fmt, v) }
+NR == 1 { next }
+$4 == "baseline" { any = 1 }
+{
+    k = $1 SUBSEP $2
+    if (!(k in seen)) { seen[k] = 1; order[++nk] = k }
+    if ($5 == "ok") {
+        add("tps" SUBSEP k SUBSEP $4, $6); add("cpu" SUBSEP k SUBSEP $4, $11)
+        add("pg" SUBSEP k SUBSEP $4, $12); add("bench" SUBSEP k SUBSEP $4, $13)
+    }
+}
+END {
+    if (!any) exit
+    printf "\nBaseline: P = this build, X = BASELINE_BIN, same configuration, interleaved; medians over rounds;\nµs/st = CPU per statement of the proxy, of PostgreSQL behind it and of pgbench\n"
+    printf "%-8s %4s | %9s %9s %6s | %8s %8s | %8s %8s | %8s %8s\n", "mode", "cli", "TPS P", "TPS X", "P/X", "proxy P", "proxy X", "pg P", "pg X", "bench P", "bench X"
+    print "mode,clients,tps_portcullis,tps_baseline,ratio,cpu_us_per_stmt_portcullis,cpu_us_per_stmt_baseline,postgres_us_per_stmt_portcullis,postgres_us_per_stmt_baseline,pgbench_us_per_stmt_portcullis,pgbench_us_per_stmt_baseline" > summary
+    for (o = 1; o <= nk; o++) {
+        k = order[o]; split(k, p, SUBSEP)
+        tp = median("tps" SUBSEP k SUBSEP "portcullis"); tx = median("tps" SUBSEP k SUBSEP "baseline")
+        cp = median("cpu" SUBSEP k SUBSEP "portcullis"); cx = median("cpu" SUBSEP k SUBSEP "baseline")
+        gp = median("pg" SUBSEP k SUBSEP "portcullis"); gx = median("pg" SUBSEP k SUBSEP "baseline")
+        bp = median("bench" SUBSEP k SUBSEP "portcullis"); bx = median("bench" SUBSEP k SUBSEP "baseline")
+        printf "%-8s %4s | %9s %9s %6s | %8s %8s | %8s %8s | %8s %8s\n", p[1], p[2], f(tp, "%.0f"), f(tx, "%.0f"), r(tp, tx), \
+            f(cp, "%.1f"), f(cx, "%.1f"), f(gp, "%.1f"), f(gx, "%.1f"), f(bp, "%.1f"), f(bx, "%.1f")
+        printf "%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s\n", p[1], p[2], tp, tx, r(tp, tx), cp, cx, gp, gx, bp, bx > summary
+    }
+}' "$RAW" >>"$TMP/table.txt"
+[[ -s "$BASELINE_SUMMARY" ]] || rm -f "$BASELINE_SUMMARY"
 
 {
     echo
