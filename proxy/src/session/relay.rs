@@ -419,26 +419,26 @@ impl Frontend<'_> {
                 if *forward != *sql {
                     self.state.lock().open_rewritten = true;
                 }
-                let stmt = auditing
-                    .then(|| {
-                        let outcome = if rewritten {
-                            Outcome::Rewritten
+                let stmt = if auditing {
+                    let outcome = if rewritten {
+                        Outcome::Rewritten
+                    } else {
+                        Outcome::Allowed
+                    };
+                    let decision = DecisionInfo::new(outcome)
+                        .with_rule(if passthrough {
+                            "unparsed_passthrough"
+                        } else if rewritten {
+                            "rewrite"
                         } else {
-                            Outcome::Allowed
-                        };
-                        let decision = DecisionInfo::new(outcome)
-                            .with_rule(if passthrough {
-                                "unparsed_passthrough"
-                            } else if rewritten {
-                                "rewrite"
-                            } else {
-                                "allow"
-                            })
-                            .with_policy_version(policy.version());
-                        let classes: Vec<&str> = classes.iter().map(|c| c.as_str()).collect();
-                        describe(decision, &classes)
-                    })
-                    .flatten();
+                            "allow"
+                        })
+                        .with_policy_version(policy.version());
+                    let classes: Vec<&str> = classes.iter().map(|c| c.as_str()).collect();
+                    describe(decision, &classes)
+                } else {
+                    None
+                };
                 (Ok(forward), stmt)
             }
             Decision::Deny(denial) => {
@@ -455,14 +455,14 @@ impl Frontend<'_> {
                     policy_version = policy.version(),
                     "statement denied"
                 );
-                let stmt = auditing
-                    .then(|| {
-                        let decision = DecisionInfo::new(Outcome::Denied)
-                            .with_rule(denial.rule.clone())
-                            .with_policy_version(policy.version());
-                        describe(decision, &[])
-                    })
-                    .flatten();
+                let stmt = if auditing {
+                    let decision = DecisionInfo::new(Outcome::Denied)
+                        .with_rule(denial.rule.clone())
+                        .with_policy_version(policy.version());
+                    describe(decision, &[])
+                } else {
+                    None
+                };
                 (Err(PgError::error(denial.sqlstate, denial.message)), stmt)
             }
         }
