@@ -3,9 +3,10 @@
 //! The pipeline hands every file sink native JSON records (so that its spool always
 //! holds native JSON, from which the chain can resume after a restart). A JSON file
 //! takes them as they are: the batch is joined into one buffer and appended. A file in
-//! another format (OCSF, CEF, syslog) parses each record back into its event and
-//! encodes it in the file's format. The write (with its fsync) runs in
-//! `spawn_blocking`.
+//! another format (OCSF, CEF, syslog) encodes the events in the file's format: those
+//! the worker hands it with the records ([`Sink::send_events`]), and for records
+//! replayed from the spool, each record parsed back into its event. The write (with its
+//! fsync) runs in `spawn_blocking`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,6 +20,8 @@ use crate::{AuditError, Format};
 /// A [`FileSink`] behind the [`Sink`] trait.
 pub(crate) struct FileRecordSink {
     inner: Arc<Mutex<FileSink>>,
+    /// The file's format.
+    format: Format,
     /// The file is native JSON, so records are written as they come.
     native: bool,
     /// The last native batch's buffer, kept so that its memory is reused (a fresh
@@ -39,16 +42,84 @@ impl FileRecordSink {
         let native = format == Format::Json;
         let config = FileSinkConfig {
             path: settings.path.clone(),
-            format,
+            format: format.clone(),
             max_bytes: settings.max_bytes,
             retain_count: settings.retain_count,
             retain_age: settings.retain_age_secs.map(Duration::from_secs),
         };
         Ok(FileRecordSink {
             inner: Arc::new(Mutex::new(FileSink::open(config)?)),
+            format,
             native,
             spare: Vec::new(),
         })
+    }
+}
+
+impl FileRecordSink {
+    /// The batch's bytes in the file's format: native records joined, or `events`
+    /// encoded (in the worker, like any sink's encoding; only the write goes to the
+    /// blocking pool).
+    fn joined(
+        &mut self,
+        records: &[Vec<u8>],
+        events: Option<&[&AuditEvent]>,
+    ) -> Result<Batch, SinkError> {
+        let mut joined = std::mem::take(&mut self.spare);
+        joined.clear();
+        match events {
+            Some(events) if !self.native => {
+                for event in events {
+                    self.format.encode(event, &mut joined).map_err(|e| {
+                        SinkError::Refused(format!("event not encodable as {:?}: {e}", self.format))
+                    })?;
+                }
+            }
+            _ if self.native => {
+                for r in records {
+                    joined.extend_from_slice(r);
+                }
+            }
+            _ => {
+                // Records replayed from the spool: the events are read back from them.
+                let mut events = Vec::with_capacity(records.len());
+                for r in records {
+                    let e: AuditEvent = serde_json::from_slice(r).map_err(|e| {
+                        SinkError::Refused(format!("spooled record is not an event: {e}"))
+                    })?;
+                    events.push(e);
+                }
+                self.spare = joined;
+                return Ok(Batch::Events(events));
+            }
+        }
+        Ok(Batch::Encoded(joined))
+    }
+
+    /// Appends `batch` (with its fsync) on the blocking pool.
+    async fn write(&mut self, batch: Batch) -> Result<(), SinkError> {
+        let inner = Arc::clone(&self.inner);
+        let (written, spare) = tokio::task::spawn_blocking(move || {
+            let written = match inner.lock() {
+                Ok(mut file) => match &batch {
+                    Batch::Encoded(bytes) => file.write_encoded(bytes),
+                    Batch::Events(events) => file.write_batch(events),
+                }
+                .map_err(|e| SinkError::Retryable(e.to_string())),
+                Err(_) => Err(SinkError::Permanent("file sink lock poisoned".into())),
+            };
+            let spare = match batch {
+                Batch::Encoded(bytes) => bytes,
+                Batch::Events(_) => Vec::new(),
+            };
+            (written, spare)
+        })
+        .await
+        .map_err(|e| SinkError::Retryable(format!("file sink task: {e}")))?;
+        if spare.capacity() > 0 {
+            self.spare = spare;
+        }
+        written
     }
 }
 
@@ -59,43 +130,23 @@ impl Sink for FileRecordSink {
 
     fn send<'a>(&'a mut self, records: &'a [Vec<u8>]) -> SendFuture<'a> {
         Box::pin(async move {
-            let batch = if self.native {
-                let mut joined = std::mem::take(&mut self.spare);
-                joined.clear();
-                for r in records {
-                    joined.extend_from_slice(r);
-                }
-                Batch::Encoded(joined)
-            } else {
-                let mut events = Vec::with_capacity(records.len());
-                for r in records {
-                    let e: AuditEvent = serde_json::from_slice(r).map_err(|e| {
-                        SinkError::Refused(format!("spooled record is not an event: {e}"))
-                    })?;
-                    events.push(e);
-                }
-                Batch::Events(events)
-            };
-            let inner = Arc::clone(&self.inner);
-            let (written, spare) = tokio::task::spawn_blocking(move || {
-                let written = match inner.lock() {
-                    Ok(mut file) => match &batch {
-                        Batch::Encoded(bytes) => file.write_encoded(bytes),
-                        Batch::Events(events) => file.write_batch(events),
-                    }
-                    .map_err(|e| SinkError::Retryable(e.to_string())),
-                    Err(_) => Err(SinkError::Permanent("file sink lock poisoned".into())),
-                };
-                let spare = match batch {
-                    Batch::Encoded(bytes) => bytes,
-                    Batch::Events(_) => Vec::new(),
-                };
-                (written, spare)
-            })
-            .await
-            .map_err(|e| SinkError::Retryable(format!("file sink task: {e}")))?;
-            self.spare = spare;
-            written
+            let batch = self.joined(records, None)?;
+            self.write(batch).await
+        })
+    }
+
+    fn takes_events(&self) -> bool {
+        !self.native
+    }
+
+    fn send_events<'a>(
+        &'a mut self,
+        records: &'a [Vec<u8>],
+        events: &'a [&'a AuditEvent],
+    ) -> SendFuture<'a> {
+        Box::pin(async move {
+            let batch = self.joined(records, Some(events))?;
+            self.write(batch).await
         })
     }
 }

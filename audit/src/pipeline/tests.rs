@@ -207,6 +207,67 @@ async fn file_sink_gets_every_event_and_the_chain_verifies() {
     assert_eq!(report.events, 301);
 }
 
+/// A file in another format gets the events encoded from the sealed events the worker
+/// hands it: byte for byte what encoding the native line's event gives, in order, for
+/// every format, besides a native file in the same pipeline.
+#[tokio::test]
+async fn files_in_other_formats_encode_the_sealed_events() {
+    use crate::format::SyslogOptions;
+    for (kind, format) in [
+        (FormatKind::Ocsf, Format::Ocsf),
+        (FormatKind::Cef, Format::Cef),
+        (
+            FormatKind::Syslog,
+            Format::Syslog(SyslogOptions::new("px-test")),
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let native = dir.path().join("audit.jsonl");
+        let other = dir.path().join("audit.other");
+        let mut c = config(dir.path());
+        for (name, path, kind) in [
+            ("native", &native, FormatKind::Json),
+            ("other", &other, kind),
+        ] {
+            let mut s = SinkConfig::new(name, SinkKind::File);
+            s.format = kind;
+            s.batch_max = 7;
+            s.file = Some(FileSettings {
+                path: path.clone(),
+                max_bytes: 0,
+                retain_count: None,
+                retain_age_secs: None,
+            });
+            c.sinks.push(s);
+        }
+        let shutdown = CancellationToken::new();
+        let (auditor, handle) = Auditor::start(&c, shutdown.clone()).unwrap();
+        for i in 0..50 {
+            auditor
+                .emit(
+                    event(i)
+                        .with_user(format!("user-{i}"))
+                        .with_attribute("tenant", "1"),
+                )
+                .unwrap();
+        }
+        shutdown.cancel();
+        handle.await.unwrap();
+        assert_eq!(auditor.lost(), 0);
+
+        let native = std::fs::read_to_string(&native).unwrap();
+        let other = std::fs::read_to_string(&other).unwrap();
+        let mut expected = Vec::new();
+        for line in native.lines() {
+            let event: AuditEvent = serde_json::from_str(line).unwrap();
+            format.encode(&event, &mut expected).unwrap();
+        }
+        assert_eq!(native.lines().count(), 50);
+        assert_eq!(other, String::from_utf8(expected).unwrap(), "{kind:?}");
+        assert!(other.contains("user-49"));
+    }
+}
+
 #[tokio::test]
 async fn retries_spool_and_replay_in_order_without_loss() {
     for partial in [false, true] {

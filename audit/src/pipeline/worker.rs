@@ -43,6 +43,7 @@ use super::dispatch::Sealed;
 use super::spool::{Spool, SpoolFull, stored_len};
 use super::stats::SinkCounters;
 use crate::AuditError;
+use crate::event::AuditEvent;
 use crate::format::Format;
 use crate::sink::{Sink, SinkError};
 
@@ -150,9 +151,18 @@ impl Worker {
             }
             let mut events = Vec::new();
             let closed = self.fill(&mut events).await;
-            let batch = self.encode(events);
-            if !batch.is_empty() {
-                self.deliver_or_spool(batch).await;
+            if self.sink.takes_events() {
+                // The sink encodes the events itself: it gets them with the records
+                // (native JSON, which is what its spool keeps).
+                let batch = self.encode(&events);
+                if !batch.is_empty() {
+                    self.deliver_or_spool(batch, Some(&events)).await;
+                }
+            } else {
+                let batch = self.encode_owned(events);
+                if !batch.is_empty() {
+                    self.deliver_or_spool(batch, None).await;
+                }
             }
             if self.retry_due() && !self.spool_is_empty() {
                 self.replay().await;
@@ -197,7 +207,7 @@ impl Worker {
         let Some(mut held) = self.held.take() else {
             return false;
         };
-        match self.send(&held).await {
+        match self.send(&held, None).await {
             Ok(()) => {
                 self.backoff.reset();
                 self.retry_at = None;
@@ -221,17 +231,29 @@ impl Worker {
         self.spool.lock().map(|s| s.is_empty()).unwrap_or(false)
     }
 
-    /// Encodes `events` in the sink's format, one record each.
-    fn encode(&mut self, events: Vec<Arc<Sealed>>) -> Vec<Vec<u8>> {
+    /// [`Worker::encode`], taking the native lines out of events this worker holds
+    /// alone (the only sink they were routed to) instead of copying them.
+    fn encode_owned(&mut self, events: Vec<Arc<Sealed>>) -> Vec<Vec<u8>> {
+        if self.settings.format != Format::Json {
+            return self.encode(&events);
+        }
+        events
+            .into_iter()
+            .map(|e| match Arc::try_unwrap(e) {
+                Ok(sealed) => sealed.json,
+                Err(shared) => shared.json.clone(),
+            })
+            .collect()
+    }
+
+    /// Encodes `events` in the sink's format, one record each. An event that cannot be
+    /// encoded is counted as lost and left out, so records and events then differ in
+    /// number; only native JSON (which is never re-encoded) is sent with its events.
+    fn encode(&mut self, events: &[Arc<Sealed>]) -> Vec<Vec<u8>> {
         let mut batch = Vec::with_capacity(events.len());
         for e in events {
             if self.settings.format == Format::Json {
-                // The sealed line is the record: taken when this worker holds the
-                // event alone (the only sink it was routed to), copied otherwise.
-                batch.push(match Arc::try_unwrap(e) {
-                    Ok(sealed) => sealed.json,
-                    Err(shared) => shared.json.clone(),
-                });
+                batch.push(e.json.clone());
                 continue;
             }
             let mut record = Vec::with_capacity(self.record_hint + self.record_hint / 8);
@@ -288,9 +310,12 @@ impl Worker {
         false
     }
 
-    async fn deliver_or_spool(&mut self, mut batch: Vec<Vec<u8>>) {
+    /// Sends `batch` (with the `events` it was made from, for a sink that takes them),
+    /// or spools it when the spool is not empty, the receiver is backing off, or the
+    /// send fails.
+    async fn deliver_or_spool(&mut self, mut batch: Vec<Vec<u8>>, events: Option<&[Arc<Sealed>]>) {
         if self.spool_is_empty() && self.retry_due() {
-            match self.send(&batch).await {
+            match self.send(&batch, events).await {
                 Ok(()) => {
                     self.backoff.reset();
                     self.retry_at = None;
@@ -309,13 +334,27 @@ impl Worker {
     /// Sends `records`, setting aside in the dead-letter file those the receiver
     /// refuses for good. `Ok` once every record is delivered or set aside; on `Err`,
     /// the records before `from` are.
-    async fn send(&mut self, records: &[Vec<u8>]) -> Result<(), Undelivered> {
+    async fn send(
+        &mut self,
+        records: &[Vec<u8>],
+        events: Option<&[Arc<Sealed>]>,
+    ) -> Result<(), Undelivered> {
+        // Events go along only when they match the records one for one.
+        let events = events.filter(|events| events.len() == records.len());
         // Parts still to send, the next one last, so that order is kept.
         let mut todo = Vec::with_capacity(8);
         todo.push(0..records.len());
         while let Some(range) = todo.pop() {
             let part = &records[range.clone()];
-            match self.sink.send(part).await {
+            let sent = match events {
+                Some(events) => {
+                    let events: Vec<&AuditEvent> =
+                        events[range.clone()].iter().map(|e| &e.event).collect();
+                    self.sink.send_events(part, &events).await
+                }
+                None => self.sink.send(part).await,
+            };
+            match sent {
                 Ok(()) => self.counters.delivered(part.len()),
                 Err(SinkError::Refused(why)) => {
                     self.counters.send_failed();
@@ -466,7 +505,7 @@ impl Worker {
             if records.is_empty() {
                 return;
             }
-            let sent = self.send(&records).await;
+            let sent = self.send(&records, None).await;
             // Past what was delivered or set aside, even when the rest must wait.
             let advanced = match &sent {
                 Ok(()) => self.with_spool(move |s| s.advance(pos)).await,

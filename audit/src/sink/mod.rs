@@ -9,6 +9,8 @@ pub mod syslog;
 use std::future::Future;
 use std::pin::Pin;
 
+use crate::event::AuditEvent;
+
 /// Why a sink could not take a batch.
 ///
 /// The pipeline treats the three differently:
@@ -57,4 +59,22 @@ pub trait Sink: Send {
     fn name(&self) -> &str;
     /// Delivers `records`.
     fn send<'a>(&'a mut self, records: &'a [Vec<u8>]) -> SendFuture<'a>;
+
+    /// Whether the sink encodes events itself from the records it is sent (a file in
+    /// another format than native JSON), so that [`Sink::send_events`] spares it
+    /// decoding them.
+    fn takes_events(&self) -> bool {
+        false
+    }
+
+    /// [`Sink::send`], given also the events `records` were made from, one each and in
+    /// the same order. The default sends the records.
+    fn send_events<'a>(
+        &'a mut self,
+        records: &'a [Vec<u8>],
+        events: &'a [&'a AuditEvent],
+    ) -> SendFuture<'a> {
+        let _ = events;
+        self.send(records)
+    }
 }
