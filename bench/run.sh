@@ -622,8 +622,9 @@ for mode in $MODES; do
 done
 
 # ---------------------------------------------------------------- summary
-awk -F, -v summary="$SUMMARY" '
-function median(key,   n, i, j, v, a) {
+# Helpers of the summary tables below: add(key, v) collects a run's value, median(key) is the
+# median over rounds, f(v, fmt) prints one that may be missing as "-".
+AWK_STATS='function median(key,   n, i, j, v, a) {
     n = cnt[key]
     if (n == 0) return ""
     for (i = 1; i <= n; i++) a[i] = vals[key, i]
@@ -631,8 +632,10 @@ function median(key,   n, i, j, v, a) {
     return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
 }
 function add(key, v) { if (v != "") { cnt[key]++; vals[key, cnt[key]] = v + 0 } }
-function r(a, b) { return (a != "" && b != "" && b > 0) ? sprintf("%.3f", a / b) : "" }
 function f(v, fmt) { return v == "" ? "-" : sprintf(fmt, v) }
+'
+awk -F, -v summary="$SUMMARY" "$AWK_STATS"'
+function r(a, b) { return (a != "" && b != "" && b > 0) ? sprintf("%.3f", a / b) : "" }
 NR == 1 { next }
 {
     k = $1 SUBSEP $2
@@ -680,17 +683,8 @@ END {
 
 # Policy enforcement (WORKLOAD=customers): the same proxy with a user whose statements are
 # all rewritten (E) against the admin's open statements (P) and pgbouncer (B).
-awk -F, '
-function median(key,   n, i, j, v, a) {
-    n = cnt[key]
-    if (n == 0) return ""
-    for (i = 1; i <= n; i++) a[i] = vals[key, i]
-    for (i = 2; i <= n; i++) { v = a[i]; for (j = i - 1; j >= 1 && a[j] > v; j--) a[j + 1] = a[j]; a[j + 1] = v }
-    return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-}
-function add(key, v) { if (v != "") { cnt[key]++; vals[key, cnt[key]] = v + 0 } }
+awk -F, "$AWK_STATS"'
 function r(a, b) { return (a != "" && b != "" && b > 0) ? sprintf("%.3f", a / b) : "-" }
-function f(v, fmt) { return v == "" ? "-" : sprintf(fmt, v) }
 NR == 1 { next }
 $4 == "enforced" { any = 1 }
 {
@@ -714,17 +708,8 @@ END {
 # Audit (AUDIT=1): the same proxy with every statement audited (A) against Portcullis
 # without audit (P) and direct PostgreSQL (D).
 AUDIT_SUMMARY="$RESULTS_DIR/$STAMP-audit-summary.csv"
-awk -F, -v summary="$AUDIT_SUMMARY" '
-function median(key,   n, i, j, v, a) {
-    n = cnt[key]
-    if (n == 0) return ""
-    for (i = 1; i <= n; i++) a[i] = vals[key, i]
-    for (i = 2; i <= n; i++) { v = a[i]; for (j = i - 1; j >= 1 && a[j] > v; j--) a[j + 1] = a[j]; a[j + 1] = v }
-    return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-}
-function add(key, v) { if (v != "") { cnt[key]++; vals[key, cnt[key]] = v + 0 } }
+awk -F, -v summary="$AUDIT_SUMMARY" "$AWK_STATS"'
 function r(a, b) { return (a != "" && b != "" && b > 0) ? sprintf("%.3f", a / b) : "-" }
-function f(v, fmt) { return v == "" ? "-" : sprintf(fmt, v) }
 NR == 1 { next }
 $4 == "audited" { any = 1 }
 {
@@ -754,17 +739,8 @@ END {
 
 # Baseline (BASELINE_BIN): this build (P) against the other one (X), run for run.
 BASELINE_SUMMARY="$RESULTS_DIR/$STAMP-baseline-summary.csv"
-awk -F, -v summary="$BASELINE_SUMMARY" '
-function median(key,   n, i, j, v, a) {
-    n = cnt[key]
-    if (n == 0) return ""
-    for (i = 1; i <= n; i++) a[i] = vals[key, i]
-    for (i = 2; i <= n; i++) { v = a[i]; for (j = i - 1; j >= 1 && a[j] > v; j--) a[j + 1] = a[j]; a[j + 1] = v }
-    return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-}
-function add(key, v) { if (v != "") { cnt[key]++; vals[key, cnt[key]] = v + 0 } }
+awk -F, -v summary="$BASELINE_SUMMARY" "$AWK_STATS"'
 function r(a, b) { return (a != "" && b != "" && b > 0) ? sprintf("%.3f", a / b) : "-" }
-function f(v, fmt) { return v == "" ? "-" : sprintf(fmt, v) }
 NR == 1 { next }
 $4 == "baseline" { any = 1 }
 {

@@ -65,6 +65,17 @@ impl FileRecordSink {
         records: &[Vec<u8>],
         events: Option<&[&AuditEvent]>,
     ) -> Result<Batch, SinkError> {
+        if !self.native && events.is_none() {
+            // Records replayed from the spool: the events are read back from them.
+            let mut events = Vec::with_capacity(records.len());
+            for r in records {
+                let e: AuditEvent = serde_json::from_slice(r).map_err(|e| {
+                    SinkError::Refused(format!("spooled record is not an event: {e}"))
+                })?;
+                events.push(e);
+            }
+            return Ok(Batch::Events(events));
+        }
         let mut joined = std::mem::take(&mut self.spare);
         joined.clear();
         match events {
@@ -75,22 +86,10 @@ impl FileRecordSink {
                     })?;
                 }
             }
-            _ if self.native => {
+            _ => {
                 for r in records {
                     joined.extend_from_slice(r);
                 }
-            }
-            _ => {
-                // Records replayed from the spool: the events are read back from them.
-                let mut events = Vec::with_capacity(records.len());
-                for r in records {
-                    let e: AuditEvent = serde_json::from_slice(r).map_err(|e| {
-                        SinkError::Refused(format!("spooled record is not an event: {e}"))
-                    })?;
-                    events.push(e);
-                }
-                self.spare = joined;
-                return Ok(Batch::Events(events));
             }
         }
         Ok(Batch::Encoded(joined))

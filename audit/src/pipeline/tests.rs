@@ -127,6 +127,18 @@ fn sink_config(name: &str) -> SinkConfig {
     }
 }
 
+/// A file sink writing `path`, never rotating.
+fn file_sink(name: &str, path: &Path) -> SinkConfig {
+    let mut s = SinkConfig::new(name, SinkKind::File);
+    s.file = Some(FileSettings {
+        path: path.to_path_buf(),
+        max_bytes: 0,
+        retain_count: None,
+        retain_age_secs: None,
+    });
+    s
+}
+
 fn built(sc: SinkConfig, sink: Flaky) -> BuiltSink {
     BuiltSink {
         config: sc,
@@ -170,14 +182,7 @@ async fn file_sink_gets_every_event_and_the_chain_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
     let mut c = config(dir.path());
-    let mut s = SinkConfig::new("local", SinkKind::File);
-    s.file = Some(FileSettings {
-        path: path.clone(),
-        max_bytes: 0,
-        retain_count: None,
-        retain_age_secs: None,
-    });
-    c.sinks.push(s);
+    c.sinks.push(file_sink("local", &path));
     let shutdown = CancellationToken::new();
     let (auditor, handle) = Auditor::start(&c, shutdown.clone()).unwrap();
     for i in 0..300 {
@@ -229,15 +234,9 @@ async fn files_in_other_formats_encode_the_sealed_events() {
             ("native", &native, FormatKind::Json),
             ("other", &other, kind),
         ] {
-            let mut s = SinkConfig::new(name, SinkKind::File);
+            let mut s = file_sink(name, path);
             s.format = kind;
             s.batch_max = 7;
-            s.file = Some(FileSettings {
-                path: path.clone(),
-                max_bytes: 0,
-                retain_count: None,
-                retain_age_secs: None,
-            });
             c.sinks.push(s);
         }
         let shutdown = CancellationToken::new();
@@ -480,14 +479,7 @@ async fn chain_key_from_a_private_file() {
     let key_path = dir.path().join("chain.key");
     std::fs::write(&key_path, b"correct horse battery staple\n").unwrap();
     let mut c = config(dir.path());
-    let mut s = SinkConfig::new("local", SinkKind::File);
-    s.file = Some(FileSettings {
-        path: path.clone(),
-        max_bytes: 0,
-        retain_count: None,
-        retain_age_secs: None,
-    });
-    c.sinks.push(s);
+    c.sinks.push(file_sink("local", &path));
     c.hmac_key_file = Some(key_path.clone());
 
     // A key others may read is refused, naming the file and the fix.
